@@ -1,0 +1,5 @@
+"""Medusa decoding heads, tree attention and typical acceptance."""
+
+__version__ = "0.1.0"
+
+__all__: list[str] = []
