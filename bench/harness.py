@@ -7,15 +7,23 @@ parametrisations of the same test, with the same inputs, so they run back to bac
 
     SIZES = harness.pick(cpu=[(64, 1000)], gpu=[(4096, 100_000)])
 
+
     @pytest.mark.parametrize("impl", ["foreach", "torch.optim.AdamW"])
     def test_adamw_step(benchmark, impl):
         step = make_step(impl)  # build inputs outside the timed function
         harness.measure(
-            benchmark, step,
-            package="adamw-ref", case="adamw_step", impl=impl,
+            benchmark,
+            step,
+            package="adamw-ref",
+            case="adamw_step",
+            impl=impl,
             peer="" if impl == "torch.optim.AdamW" else "torch.optim.AdamW",
-            dtype="float32", params={"numel": n}, device=harness.device(),
-            work=n, work_unit="param", bytes=16 * n,
+            dtype="float32",
+            params={"numel": n},
+            device=harness.device(),
+            work=n,
+            work_unit="param",
+            bytes=16 * n,
         )
 
 ``peer`` names the impl this row is compared with (``""`` on the peer's own row);

@@ -99,13 +99,13 @@ All notable changes to `{dist}` are recorded here, in the format of
 - Package skeleton.
 """
 
-TEST = '''\
+TEST = """\
 import {module}
 
 
 def test_version_is_a_string():
     assert isinstance({module}.__version__, str)
-'''
+"""
 
 
 def create_package(dist: str, description: str, *, torch: bool, root: Path = ROOT) -> Path:
