@@ -22,7 +22,14 @@ from pathlib import Path
 import nox
 
 nox.needs_version = ">=2024.3.2"
-nox.options.sessions = ["lint", "tests", "tooling", "integration", "docs", "build"]
+nox.options.sessions = [
+    "lint",
+    "tests",
+    "tooling",
+    "integration",
+    "docs",
+    "build",
+]  # not bench, e2e
 nox.options.reuse_existing_virtualenvs = False
 
 ROOT = Path(__file__).resolve().parent
@@ -198,3 +205,16 @@ def tooling(session: nox.Session) -> None:
         "no:cacheprovider",
         *session.posargs,
     )
+
+
+@nox.session
+def e2e(session: nox.Session) -> None:
+    """The end-to-end scenario (issue: train a tiny LM, then decode with its heads).
+
+    ``nox -s e2e`` trains for about 20 minutes on 2 cores (reused on reruns), trains
+    the Medusa and MTP heads, decodes held-out prompts three ways and writes
+    bench/reports/latest/e2e/. ``-- --fresh`` retrains, ``-- --quick`` is a smoke run.
+    """
+    install(session, *[str(ROOT / "packages" / p) for p in PACKAGES], "-r", str(BENCH_REQUIREMENTS))
+    session.chdir(ROOT / "bench")
+    session.run("python", "-m", "e2e.run", *session.posargs)

@@ -1,0 +1,163 @@
+"""Train Medusa heads and a DeepSeek-style MTP module on the frozen, trained model.
+
+Both are trained on the model's own greedy continuations of training text (self-
+distillation, as the Medusa paper recommends when the original training data is not
+what the model would say): greedy speculative decoding accepts a draft exactly when it
+equals the model's argmax, so that is the target worth learning. Mixing in raw corpus
+windows keeps the heads from over-fitting a small distilled set.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from e2e.corpus import Corpus
+
+
+def load_trained_model(ckpt_dir: Path, attention: str | None = None):
+    """The trained Llama from ``ckpt_dir/checkpoint.pt``, frozen and in eval mode."""
+    from e2e.model import ModelConfig, build_model
+
+    ckpt = torch.load(ckpt_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    model = build_model(ModelConfig(**ckpt["model_config"]), attention=attention)
+    model.load_state_dict(ckpt["model"])
+    model.requires_grad_(False)
+    model.eval()
+    # decode exactly max_new_tokens everywhere: no EOS, so the three decoders compare
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model, ckpt
+
+
+@torch.no_grad()
+def distill_sequences(model, corpus: Corpus, n: int, prompt_len: int, new_tokens: int, seed: int):
+    """``(n, prompt_len + new_tokens)`` int64: training prompts and the model's greedy text."""
+    g = np.random.default_rng(seed)
+    starts = g.integers(0, corpus.train.size - prompt_len - 1, size=n)
+    prompts = torch.from_numpy(
+        np.stack([corpus.train[s : s + prompt_len] for s in starts]).astype(np.int64)
+    )
+    out = model.generate(
+        prompts,
+        attention_mask=torch.ones_like(prompts),
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    return out  # (n, prompt_len + new_tokens)
+
+
+def train_all_heads(model, corpus: Corpus, out_dir: Path, *, budget: dict) -> dict:
+    """Train both drafters; save them to ``out_dir``; return what was done and how long."""
+    import medusa_heads
+    import mtp_heads
+
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    distilled = distill_sequences(
+        model, corpus, budget["distill_sequences"], 32, budget["distill_new_tokens"], seed=7
+    )
+    distill_s = time.perf_counter() - started
+    raw = torch.from_numpy(corpus.train.astype(np.int64))
+
+    hidden, vocab = model.config.hidden_size, model.config.vocab_size
+    heads = medusa_heads.MedusaHeads(
+        hidden, vocab, num_heads=4, num_layers=1, lm_head=model.lm_head
+    )
+    t0 = time.perf_counter()
+    medusa_raw = medusa_heads.train_heads(
+        model,
+        heads,
+        raw,
+        steps=budget["raw_steps"],
+        batch_size=8,
+        seq_len=128,
+        lr=1e-3,
+        progress=True,
+    )
+    medusa_distill = medusa_heads.train_heads(
+        model,
+        heads,
+        distilled,
+        steps=budget["distill_steps"],
+        batch_size=8,
+        lr=5e-4,
+        seed=1,
+        progress=True,
+    )
+    medusa_s = time.perf_counter() - t0
+    torch.save(heads.state_dict(), out_dir / "medusa_heads.pt")
+
+    mtp = mtp_heads.MTPModule.from_model(model, depth=budget["mtp_depth"])
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(3)
+    raw_batches = mtp_heads.random_windows(raw, 8, 128, generator=gen)
+    mtp_raw = mtp_heads.train_mtp(
+        model, mtp, raw_batches, steps=budget["raw_steps"], lr=1e-3, warmup_steps=10
+    )
+
+    def distilled_batches():
+        while True:
+            rows = torch.randint(0, distilled.shape[0], (8,), generator=gen)
+            yield distilled[rows]
+
+    mtp_distill = mtp_heads.train_mtp(
+        model, mtp, distilled_batches(), steps=budget["distill_steps"], lr=5e-4, warmup_steps=10
+    )
+    mtp_s = time.perf_counter() - t0
+    torch.save(mtp.state_dict(), out_dir / "mtp_module.pt")
+
+    summary = {
+        "distill": {
+            "sequences": int(distilled.shape[0]),
+            "length": int(distilled.shape[1]),
+            "seconds": distill_s,
+        },
+        "medusa": {
+            "num_heads": 4,
+            "raw_steps": budget["raw_steps"],
+            "distill_steps": budget["distill_steps"],
+            "seconds": medusa_s,
+            "final_loss": _last(medusa_distill, "losses"),
+            "final_top1_by_head": list(medusa_distill.top1),
+            "raw_final_loss": _last(medusa_raw, "losses"),
+        },
+        "mtp": {
+            "depth": budget["mtp_depth"],
+            "seconds": mtp_s,
+            "final_loss": mtp_distill.mtp_losses[-1] if mtp_distill.mtp_losses else None,
+            "raw_final_loss": mtp_raw.mtp_losses[-1] if mtp_raw.mtp_losses else None,
+        },
+    }
+    (out_dir / "heads_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def _last(result, name: str):
+    values = getattr(result, name, None)
+    if values is None or len(values) == 0:
+        return None
+    last = values[-1]
+    return last.tolist() if hasattr(last, "tolist") else last
+
+
+def load_heads(model, out_dir: Path, mtp_depth: int):
+    import medusa_heads
+    import mtp_heads
+
+    hidden, vocab = model.config.hidden_size, model.config.vocab_size
+    heads = medusa_heads.MedusaHeads(
+        hidden, vocab, num_heads=4, num_layers=1, lm_head=model.lm_head
+    )
+    heads.load_state_dict(torch.load(out_dir / "medusa_heads.pt", weights_only=True))
+    mtp = mtp_heads.MTPModule.from_model(model, depth=mtp_depth)
+    mtp.load_state_dict(torch.load(out_dir / "mtp_module.pt", weights_only=True))
+    heads.eval()
+    mtp.eval()
+    return heads, mtp

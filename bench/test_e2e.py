@@ -1,0 +1,71 @@
+"""The end-to-end scenario's pieces, and (slow) its whole quick profile."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from e2e.corpus import is_validation, stdlib_files
+from e2e.train import batch_at, lr_at
+
+BENCH = Path(__file__).resolve().parent
+
+
+def test_split_is_by_file_and_deterministic():
+    files = stdlib_files()
+    assert len(files) > 500  # the standard library's sources are on every machine
+    names = [str(f) for f in files]
+    val = [n for n in names if is_validation(n)]
+    assert 0.02 < len(val) / len(names) < 0.10
+    assert val == [n for n in names if is_validation(n)]
+
+
+def test_batches_are_a_function_of_seed_step_and_rank():
+    tokens = np.arange(10_000, dtype=np.uint16)
+    x1, y1 = batch_at(tokens, step=5, rank=1, batch=3, seq_len=17, seed=0)
+    x2, _ = batch_at(tokens, step=5, rank=1, batch=3, seq_len=17, seed=0)
+    x3, _ = batch_at(tokens, step=5, rank=0, batch=3, seq_len=17, seed=0)
+    assert x1.shape == (3, 17) and (x1 == x2).all() and not (x1 == x3).all()
+    assert (y1[:, :-1] == x1[:, 1:]).all()  # labels are inputs shifted by one
+
+
+def test_schedule_warms_up_then_decays():
+    lrs = [lr_at(s, total=100, peak=1.0, warmup=10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[99] == pytest.approx(0.1, abs=0.01) and all(
+        a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False)
+    )
+
+
+@pytest.mark.slow
+def test_quick_profile_runs_end_to_end(tmp_path: Path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "e2e.run",
+            "--quick",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path / "out"),
+            "--vocab-size",
+            "512",
+        ],
+        cwd=BENCH,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    for name in [
+        "e2e.md",
+        "decoding.csv",
+        "training_curve.png",
+        "acceptance_by_depth.png",
+        "tokens_per_s.png",
+    ]:
+        assert (tmp_path / "out" / name).is_file()
