@@ -1,0 +1,214 @@
+"""Functions the pool workers run: ``fn(rank, *args)``; results are compared in the tests.
+
+Every rank builds its inputs from seeds, so each can also rebuild what the other ranks
+hold and compute the single-process reference itself.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import ddp_mini
+import torch
+import torch.distributed as dist
+from _pool import group
+from torch import nn
+
+# ----------------------------------------------------------------------------- ring
+
+
+def rank_data(seed: int, rank: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1000 * seed + rank)
+    return torch.randn(size, generator=g, dtype=torch.float64).to(dtype)
+
+
+def ring_sum_errors(rank: int, sizes: list[int], worlds: list[int]) -> dict | None:
+    """max |ring - float64 sum| for every (size, world); float64 inputs, op sum and avg."""
+    out: dict = {}
+    for world in worlds:
+        pg = group(world)
+        if pg is None:
+            continue
+        for size in sizes:
+            for op in ("sum", "avg"):
+                t = rank_data(size, rank, size, torch.float64)
+                ddp_mini.ring_allreduce(t, op=op, group=pg)
+                want = sum(rank_data(size, r, size, torch.float64) for r in range(world))
+                if op == "avg":
+                    want = want / world
+                out[(size, world, op)] = (t - want).abs().max().item() if size else 0.0
+    return out
+
+
+def ring_vs_native(rank: int, key: Any, size: int, dtype_name: str) -> dict | None:
+    """Ring and dist.all_reduce on the same low-precision data, plus the float64 sum."""
+    pg = group(key)
+    if pg is None:
+        return None
+    dtype = getattr(torch, dtype_name)
+    world = dist.get_world_size(pg)
+    ours = rank_data(size, rank, size, dtype)
+    native = ours.clone()
+    ddp_mini.ring_allreduce(ours, group=pg)
+    dist.all_reduce(native, group=pg)
+    ranks = dist.get_process_group_ranks(pg)
+    exact = sum(rank_data(size, r, size, dtype).double() for r in ranks)
+    return {
+        "world": world,
+        "ours_err": (ours.double() - exact).abs().max().item(),
+        "native_err": (native.double() - exact).abs().max().item(),
+        "identical": torch.equal(ours, native),
+        "dtype": str(ours.dtype),
+    }
+
+
+def ring_non_contiguous(rank: int) -> float | None:
+    pg = group(3)
+    if pg is None:
+        return None
+    base = torch.arange(35, dtype=torch.float32).view(5, 7) * (rank + 1)
+    view = base.t()  # (7, 5) non-contiguous
+    ddp_mini.ring_allreduce(view, group=pg)
+    want = torch.arange(35, dtype=torch.float32).view(5, 7) * 6  # 1 + 2 + 3
+    return (base - want).abs().max().item()
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+class Net(nn.Module):
+    """Awkward sizes (primes), an unused branch for find_unused_parameters tests."""
+
+    def __init__(self, batchnorm: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Linear(5, 13)
+        self.norm = nn.BatchNorm1d(13) if batchnorm else nn.Identity()
+        self.hidden = nn.Linear(13, 7)
+        self.head = nn.Linear(7, 3)
+        self.spare = nn.Linear(7, 3)  # used only when forward asks for it
+
+    def forward(self, x: torch.Tensor, use_spare: bool = True) -> torch.Tensor:
+        h = torch.tanh(self.hidden(torch.tanh(self.norm(self.embed(x)))))  # (B, 7)
+        out = self.head(h)  # (B, 3)
+        if use_spare:
+            out = out + 0.5 * self.spare(h)
+        return out
+
+
+def batches(world: int, steps: int, micro: int, per_rank: int):
+    """Global batches of shape (micro, world * per_rank, 5); the same on every rank."""
+    g = torch.Generator().manual_seed(1234)
+    for _ in range(steps):
+        x = torch.randn(micro, world * per_rank, 5, generator=g, dtype=torch.float64)
+        y = torch.randn(micro, world * per_rank, 3, generator=g, dtype=torch.float64)
+        yield x, y
+
+
+def train_compare(rank: int, key: Any, cfg: dict) -> dict | None:
+    """ddp-mini vs torch DDP vs one process on the whole batch, SGD with momentum.
+
+    cfg: ours (kwargs for ddp_mini), steps, micro (no_sync accumulation length),
+    per_rank, batchnorm, spare_on (ranks whose forward uses the spare head), dtype,
+    torch_hook ("fp16"/"bf16" for torch's compression hooks).
+    """
+    pg = group(key)
+    if pg is None:
+        return None
+    world, me = dist.get_world_size(pg), dist.get_rank(pg)
+    dtype = getattr(torch, cfg.get("dtype", "float64"))
+    steps, micro, per_rank = cfg.get("steps", 4), cfg.get("micro", 1), cfg.get("per_rank", 3)
+    spare_on = cfg.get("spare_on", "all")
+    ours_kwargs = dict(cfg.get("ours", {}))
+    find_unused = ours_kwargs.get("find_unused_parameters", False)
+
+    torch.manual_seed(100 + rank)  # every rank starts elsewhere; rank 0's init must win
+    model = Net(cfg.get("batchnorm", False)).to(dtype)
+    torch.manual_seed(100 + dist.get_global_rank(pg, 0))
+    reference = Net(cfg.get("batchnorm", False)).to(dtype)  # rank 0's init, one process
+    peer_model = copy.deepcopy(model)
+
+    ours = ddp_mini.DistributedDataParallel(model, process_group=pg, **ours_kwargs)
+    peer = nn.parallel.DistributedDataParallel(
+        peer_model,
+        process_group=pg,
+        bucket_cap_mb=ours_kwargs.get("bucket_cap_mb", 25.0),
+        find_unused_parameters=find_unused,
+        broadcast_buffers=ours_kwargs.get("broadcast_buffers", True),
+    )
+    hook = cfg.get("torch_hook")
+    if hook is not None:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        torch_hook = getattr(default_hooks, f"{hook}_compress_hook")
+
+        def same_hook_other_name(state, bucket):  # torch refuses bf16 by name on CPU
+            return torch_hook(state, bucket)
+
+        peer.register_comm_hook(pg, same_hook_other_name)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (ours, peer, reference)]
+
+    def uses_spare(r: int) -> bool:
+        return spare_on == "all" or r in spare_on
+
+    sl = slice(me * per_rank, (me + 1) * per_rank)
+    for x, y in batches(world, steps, micro, per_rank):
+        x, y = x.to(dtype), y.to(dtype)
+        for m, opt in zip((ours, peer), opts[:2], strict=True):
+            opt.zero_grad()
+            for i in range(micro):
+                ctx = m.no_sync() if i < micro - 1 else _null()
+                with ctx:
+                    loss = (m(x[i, sl], use_spare=uses_spare(me)) - y[i, sl]).pow(2).mean()
+                    (loss / micro).backward()
+            opt.step()
+        # reference: every rank's loss on its slice, averaged over ranks and micro-steps
+        opts[2].zero_grad()
+        for i in range(micro):
+            for r in range(world):
+                rs = slice(r * per_rank, (r + 1) * per_rank)
+                out = reference(x[i, rs], use_spare=uses_spare(r))
+                ((out - y[i, rs]).pow(2).mean() / (micro * world)).backward()
+        if not cfg.get("gradient_average_reference", True):
+            for p in reference.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(world)
+        opts[2].step()
+
+    def state(m: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+    return {
+        "ours": state(ours.module),
+        "peer": state(peer.module),
+        "reference": state(reference),
+        "grads_ours": {n: p.grad for n, p in ours.module.named_parameters()},
+        "grads_peer": {n: p.grad for n, p in peer.module.named_parameters()},
+    }
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def unused_without_flag(rank: int, key: Any) -> str | None:
+    """find_unused_parameters=False and the spare head unused on every rank."""
+    pg = group(key)
+    if pg is None:
+        return None
+    torch.manual_seed(0)
+    ddp = ddp_mini.DistributedDataParallel(Net(), process_group=pg)
+    x = torch.randn(4, 5)
+    try:
+        ddp(x, use_spare=False).sum().backward()
+    except RuntimeError as err:
+        message = str(err)
+    else:
+        return "no error"
+    # the wrapper is usable again once the model uses every parameter
+    ddp(x, use_spare=True).sum().backward()
+    return message
