@@ -247,11 +247,13 @@ def accumulate(gt, dt, matches, iou_thr, rec_thr, ranges, max_dets):
 
     di = matches.dt_index  # (D,)
     matched = matches.matched_gt >= 0  # (A, T, D)
-    gid = np.maximum(matches.matched_gt, 0)
+    N = len(gt.ann_ids)
+    gid = np.where(matched, matches.matched_gt, N)  # N: a sentinel past the last gt
     # pycocotools stores the matched gt *id* and tests it for truthiness: a match with a
     # ground truth whose id is 0 counts as no match. Reproduced on purpose.
-    dtm = matched & (gt.ann_ids[gid] != 0)  # (A, T, D)
-    gt_ig = matches.gt_ignore[np.arange(A)[:, None, None], gid] & matched  # (A, T, D)
+    dtm = np.r_[gt.ann_ids != 0, False][gid]  # (A, T, D)
+    ig_ext = np.concatenate([matches.gt_ignore, np.zeros((A, 1), bool)], axis=1)  # (A, N+1)
+    gt_ig = ig_ext[np.arange(A)[:, None, None], gid]  # (A, T, D)
     d_area = dt.area[di]
     d_out = (d_area[None, :] < ranges[:, :1]) | (d_area[None, :] > ranges[:, 1:])  # (A, D)
     dt_ig = gt_ig | (~dtm & d_out[:, None, :])  # (A, T, D)

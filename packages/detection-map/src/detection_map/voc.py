@@ -222,7 +222,7 @@ def _class_curve(g_img, g_box, g_diff, d_img, d_box, d_score, thr):
     jmax = np.full(M, -1)
     jmax[pair_det[first_best]] = pair_gt[first_best]
     hit = ovmax > thr
-    difficult = hit & g_diff[np.maximum(jmax, 0)]
+    difficult = hit & np.r_[g_diff, False][jmax]  # jmax = -1 reads the False sentinel
     claim = hit & ~difficult
     tp = np.zeros(M)
     claimed = np.flatnonzero(claim)
