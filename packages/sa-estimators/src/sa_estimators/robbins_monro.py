@@ -82,7 +82,8 @@ class RobbinsMonro:
         if y.shape != self._w.shape:
             raise ValueError(f"observation must have the shape of w {self._w.shape}, got {y.shape}")
         if not np.all(np.isfinite(y)):
-            raise ValueError(f"observation must be finite, got {y!r} at step {self.k + 1}")
+            bad = float(y[~np.isfinite(y)].flat[0])
+            raise ValueError(f"observation must be finite, got {bad} at step {self.k + 1}")
         self.k += 1
         self._w = self._w - self.step_size(self.k) * y
         if self._avg is not None:
