@@ -2,10 +2,9 @@
 
 import copy
 
+import detection_map as dm
 import numpy as np
 import pytest
-
-import detection_map as dm
 
 
 @pytest.fixture

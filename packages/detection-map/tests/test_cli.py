@@ -1,8 +1,7 @@
 import json
 
-import pytest
-
 import detection_map as dm
+import pytest
 from detection_map.cli import main
 
 

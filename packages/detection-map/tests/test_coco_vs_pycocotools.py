@@ -1,10 +1,9 @@
 """evaluate_coco against pycocotools' COCOeval on seeded synthetic sets, to 1e-12."""
 
+import detection_map as dm
 import numpy as np
 import pytest
 from coco_peers import faster_coco_eval, peer_params, pycocotools_eval
-
-import detection_map as dm
 
 pytest.importorskip("pycocotools")
 

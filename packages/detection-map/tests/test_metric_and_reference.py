@@ -1,9 +1,8 @@
 """MeanAveragePrecision (streaming) and the loop reference against evaluate_coco/pycocotools."""
 
+import detection_map as dm
 import numpy as np
 import pytest
-
-import detection_map as dm
 from detection_map import _coco_io, coco, reference
 
 
@@ -30,9 +29,9 @@ def per_image(gt, dt, box_format="xyxy"):
                         "labels": np.array([x["category_id"] for x in a], dtype=np.int64),
                         "iscrowd": np.array([x["iscrowd"] for x in a], dtype=np.int64),
                         "area": np.array([x["area"] for x in a])})  # fmt: skip
+        labels = np.array([x["category_id"] for x in d], dtype=np.int64)
         preds.append({"boxes": conv([x["bbox"] for x in d]),
-                      "scores": np.array([x["score"] for x in d]),
-                      "labels": np.array([x["category_id"] for x in d], dtype=np.int64)})  # fmt: skip
+                      "scores": np.array([x["score"] for x in d]), "labels": labels})  # fmt: skip
     return preds, targets
 
 

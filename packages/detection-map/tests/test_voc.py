@@ -1,9 +1,8 @@
 """evaluate_voc and average_precision against a direct transcription of voc_eval.py."""
 
+import detection_map as dm
 import numpy as np
 import pytest
-
-import detection_map as dm
 
 
 def devkit_voc_ap(rec, prec, use_07_metric):
