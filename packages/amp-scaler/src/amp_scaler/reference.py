@@ -74,8 +74,8 @@ def update_scale_reference(
     scale, tracker, hyst = state.scale, state.growth_tracker, state.hysteresis_tracker
     if found_inf:
         tracker = 0
-        hyst -= 1
-        if hyst <= 0:
+        hyst = max(hyst - 1, 0)
+        if hyst == 0:
             scale = as_float32(scale * backoff_factor)
             if min_scale is not None:
                 scale = max(scale, as_float32(min_scale))

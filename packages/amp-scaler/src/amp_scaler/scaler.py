@@ -300,6 +300,12 @@ class StaticLossScaler(LossScalerBase):
         """1.0: a static scale never backs off."""
         return 1.0
 
+    def get_growth_tracker(self) -> int:
+        """0: a static scale counts nothing."""
+        return 0
+
+    _get_growth_tracker = get_growth_tracker
+
     def state_dict(self) -> dict[str, Any]:
         """``scale`` and ``skipped_steps`` (empty when disabled)."""
         if not self._enabled:
