@@ -1,0 +1,91 @@
+"""Which keys a query may see: causal and sliding-window masks as one band.
+
+Every mask this package supports (none, causal bottom-right, causal top-left, flash-attn's
+sliding window) is a *band* around a shifted diagonal. Query row ``i`` may attend key
+column ``j`` exactly when
+
+    -left <= j - i - diagonal <= right
+
+where ``diagonal`` shifts the band (``seqlen_k - seqlen_q`` for flash-attn's
+bottom-right alignment, ``0`` for SDPA's top-left ``is_causal``) and ``left`` /
+``right`` are ``None`` when that side is unbounded. Both the tiled PyTorch path and the
+Triton kernels read the same ``Band`` to decide which key blocks to visit at all and which
+of the visited blocks need an element-wise mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Band:
+    """Allowed keys of row ``i``: ``diagonal + i - left <= j <= diagonal + i + right``."""
+
+    diagonal: int
+    left: int | None = None  # None: unbounded towards the first key
+    right: int | None = None  # None: unbounded towards the last key
+
+    @property
+    def is_full(self) -> bool:
+        return self.left is None and self.right is None
+
+    def key_range(self, row_start: int, row_end: int, seqlen_k: int) -> tuple[int, int]:
+        """Half-open ``[lo, hi)`` of keys seen by at least one row in ``[row_start, row_end)``."""
+        lo = 0 if self.left is None else max(0, row_start + self.diagonal - self.left)
+        last_row = row_end - 1
+        hi = (
+            seqlen_k
+            if self.right is None
+            else min(seqlen_k, last_row + self.diagonal + self.right + 1)
+        )
+        return lo, max(lo, hi)
+
+    def needs_mask(self, row_start: int, row_end: int, key_start: int, key_end: int) -> bool:
+        """False when every (row, key) of the tile is inside the band (no masking needed)."""
+        last_row, last_key = row_end - 1, key_end - 1
+        if self.left is not None and key_start < last_row + self.diagonal - self.left:
+            return True
+        return self.right is not None and last_key > row_start + self.diagonal + self.right
+
+    def allowed(
+        self,
+        row_start: int,
+        row_end: int,
+        key_start: int,
+        key_end: int,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """Boolean ``(row_end - row_start, key_end - key_start)`` tile, True where allowed."""
+        rows = torch.arange(row_start, row_end, device=device)[:, None]  # (M, 1)
+        keys = torch.arange(key_start, key_end, device=device)[None, :]  # (1, N)
+        rel = keys - rows - self.diagonal  # (M, N)
+        ok = torch.ones_like(rel, dtype=torch.bool)
+        if self.left is not None:
+            ok &= rel >= -self.left
+        if self.right is not None:
+            ok &= rel <= self.right
+        return ok
+
+
+def flash_band(seqlen_q: int, seqlen_k: int, causal: bool, window_size: tuple[int, int]) -> Band:
+    """flash-attn's convention: bottom-right aligned, ``-1`` meaning unbounded.
+
+    ``causal=True`` is the window ``(left, 0)``: each query sees itself and the past, with
+    the last query aligned to the last key (flash-attn >= 2.1).
+    """
+    left, right = window_size
+    if causal:
+        right = 0
+    return Band(
+        diagonal=seqlen_k - seqlen_q,
+        left=None if left < 0 else left,
+        right=None if right < 0 else right,
+    )
+
+
+def sdpa_band(is_causal: bool) -> Band:
+    """``F.scaled_dot_product_attention``'s ``is_causal``: lower triangle, top-left aligned."""
+    return Band(diagonal=0, left=None, right=0) if is_causal else Band(diagonal=0)

@@ -1,0 +1,182 @@
+"""The tiled PyTorch path against the float64 reference and F.scaled_dot_product_attention."""
+
+from __future__ import annotations
+
+import flashattn_lite
+import flashattn_lite.interface as interface
+import pytest
+import torch
+import torch.nn.functional as F
+from fa_testing import make_qkv, max_err, ours_with_grads, reference_with_grads
+from flashattn_lite.reference import flash_mask_reference
+
+# (batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, causal, window_size)
+SHAPES = [
+    (2, 1, 1, 2, 2, 16, False, (-1, -1)),
+    (1, 17, 17, 8, 2, 40, True, (-1, -1)),  # GQA 8:2
+    (2, 37, 129, 4, 1, 64, True, (-1, -1)),  # MQA, seqlen_q < seqlen_k, bottom-right causal
+    (1, 129, 37, 2, 2, 16, True, (-1, -1)),  # seqlen_q > seqlen_k: first rows see no key
+    (1, 129, 129, 2, 1, 128, False, (17, 5)),  # sliding window
+    (2, 37, 17, 4, 2, 16, False, (3, -1)),  # left-only window, seqlen_q > seqlen_k
+    (1, 17, 129, 2, 2, 32, False, (-1, 7)),  # right-only window
+    (1, 37, 37, 3, 3, 24, True, (9, -1)),  # causal local attention
+]
+IDS = [
+    f"b{s[0]}-q{s[1]}-k{s[2]}-h{s[3]}:{s[4]}-d{s[5]}-c{int(s[6])}-w{s[7][0]},{s[7][1]}"
+    for s in SHAPES
+]
+
+
+@pytest.fixture(
+    params=[(256, 512), (16, 32), (7, 5)], ids=["default-blocks", "blocks16x32", "blocks7x5"]
+)
+def blocks(request, monkeypatch):
+    """Run the public function with the default tiles and with tiles far smaller than the inputs."""
+    block_q, block_k = request.param
+    monkeypatch.setattr(interface, "DEFAULT_BLOCK_Q", block_q)
+    monkeypatch.setattr(interface, "DEFAULT_BLOCK_K", block_k)
+    return request.param
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_float64_matches_reference(shape, blocks):
+    b, sq, sk, h, hk, d, causal, window = shape
+    q, k, v, grad = make_qkv(b, sq, sk, h, hk, d, dtype=torch.float64, seed=sq * 31 + sk)
+    ours = ours_with_grads(q, k, v, grad, causal=causal, window_size=window, backend="torch")
+    ref = reference_with_grads(q, k, v, grad, causal=causal, window_size=window)
+    for name, a, r in zip(["out", "lse", "dq", "dk", "dv"], ours, ref, strict=True):
+        tol = 1e-6 if name == "lse" else 1e-12  # lse is returned in float32
+        assert max_err(a, r) <= tol * (1 + r.detach()[torch.isfinite(r)].abs().max()), name
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_float32_matches_reference(shape, blocks):
+    b, sq, sk, h, hk, d, causal, window = shape
+    q, k, v, grad = make_qkv(b, sq, sk, h, hk, d, dtype=torch.float32, seed=sq + 7 * sk)
+    ours = ours_with_grads(q, k, v, grad, causal=causal, window_size=window, backend="torch")
+    ref = reference_with_grads(q, k, v, grad, causal=causal, window_size=window)
+    assert ours[0].dtype == torch.float32 and ours[1].dtype == torch.float32
+    assert ours[1].shape == (b, h, sq)
+    for name, a, r in zip(["out", "lse", "dq", "dk", "dv"], ours, ref, strict=True):
+        assert max_err(a, r) <= 2e-5 * (1 + r.detach()[torch.isfinite(r)].abs().max()), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], SHAPES[4]], ids=[IDS[1], IDS[3], IDS[4]])
+def test_low_precision_flash_attn_rule(shape, dtype):
+    """error(ours) <= 2 * error(PyTorch attention in the same dtype) + atol, vs float64."""
+    b, sq, sk, h, hk, d, causal, window = shape
+    q, k, v, grad = make_qkv(b, sq, sk, h, hk, d, dtype=dtype, seed=3)
+    kw = dict(causal=causal, window_size=window)
+    ours = ours_with_grads(q, k, v, grad, backend="torch", **kw)
+    exact = reference_with_grads(q, k, v, grad, **kw)
+    same_dtype = reference_with_grads(q, k, v, grad, dtype=dtype, **kw)
+    assert ours[0].dtype == dtype
+    for name, a, e, s in zip(
+        ["out", "lse", "dq", "dk", "dv"], ours, exact, same_dtype, strict=True
+    ):
+        assert max_err(a, e) <= 2 * max_err(s, e) + 1e-3, name
+
+
+SDPA_SHAPES = [s for s in SHAPES if s[1] <= s[2] or not s[6]]  # rows that see a key
+
+
+@pytest.mark.parametrize("shape", SDPA_SHAPES)
+def test_matches_torch_sdpa(shape):
+    """F.scaled_dot_product_attention in float32 with the same band as an explicit mask."""
+    b, sq, sk, h, hk, d, causal, window = shape
+    q, k, v, grad = make_qkv(b, sq, sk, h, hk, d, dtype=torch.float32, seed=11)
+    out = flashattn_lite.flash_attn_func(
+        q, k, v, causal=causal, window_size=window, backend="torch"
+    )
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
+    mask = flash_mask_reference(sq, sk, causal, window)  # (Sq, Sk)
+    q2, k2, v2 = (t.detach().transpose(1, 2).requires_grad_() for t in (q, k, v))
+    peer = F.scaled_dot_product_attention(q2, k2, v2, attn_mask=mask, enable_gqa=True)
+    pdq, pdk, pdv = torch.autograd.grad(peer, (q2, k2, v2), grad.transpose(1, 2))
+    torch.testing.assert_close(out, peer.transpose(1, 2), atol=2e-5, rtol=1e-4)
+    for ours, theirs in zip((dq, dk, dv), (pdq, pdk, pdv), strict=True):
+        torch.testing.assert_close(ours, theirs.transpose(1, 2), atol=5e-5, rtol=1e-4)
+
+
+def test_rows_that_see_no_key_give_zero_and_minus_inf():
+    # seqlen_q 9 > seqlen_k 4, causal bottom-right: query i sees keys j <= i - 5
+    q, k, v, grad = make_qkv(1, 9, 4, 2, 1, 16, dtype=torch.float32, seed=5)
+    out, lse, dq, dk, dv = ours_with_grads(q, k, v, grad, causal=True, backend="torch")
+    assert torch.all(out[:, :5] == 0)
+    assert torch.all(lse[:, :, :5] == float("-inf"))
+    assert torch.all(torch.isfinite(lse[:, :, 5:]))
+    assert torch.all(dq[:, :5] == 0)
+    assert torch.isfinite(dk).all() and torch.isfinite(dv).all()
+
+
+def test_non_contiguous_inputs_are_handled():
+    q, k, v, grad = make_qkv(2, 23, 19, 4, 2, 32, dtype=torch.float64, seed=9)
+    # (B, H, S, D) storage seen as (B, S, H, D), and a head dim with stride 2
+    q_t = q.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    k_wide = torch.cat([k.detach(), k.detach()], dim=-1)[..., ::2].requires_grad_()
+    assert not q_t.is_contiguous() and k_wide.stride(-1) == 2
+    out = flashattn_lite.flash_attn_func(q_t, k_wide, v, causal=True, backend="torch")
+    ref = flashattn_lite.attention_reference(q.detach(), k_wide.detach(), v.detach(), causal=True)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    dq, dk, _ = torch.autograd.grad(out, (q_t, k_wide, v), grad)
+    assert dq.shape == q.shape and dk.shape == k.shape
+
+
+def test_backward_saves_linear_memory():
+    """The autograd graph holds O(N * D) tensors, never the (Sq, Sk) probabilities."""
+    seqlen, head_dim = 300, 16  # Sq * Sk = 90000 >> Sq * D = 4800
+    q, k, v, grad = make_qkv(1, seqlen, seqlen, 1, 1, head_dim, dtype=torch.float32, seed=2)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = flashattn_lite.flash_attn_func(q, k, v, causal=True, backend="torch")
+    assert saved and max(saved) <= seqlen * head_dim
+    # the materialised reference does save the (Sq, Sk) matrix: the check can tell
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        flashattn_lite.attention_reference(q, k, v, causal=True)
+    assert max(saved) >= seqlen * seqlen
+    out.backward(grad)
+    assert torch.isfinite(q.grad).all()
+
+
+def test_softmax_scale_is_applied():
+    q, k, v, grad = make_qkv(1, 17, 17, 2, 2, 16, dtype=torch.float64, seed=4)
+    ours = ours_with_grads(q, k, v, grad, softmax_scale=0.37, backend="torch")
+    ref = reference_with_grads(q, k, v, grad, softmax_scale=0.37)
+    for a, r in zip(ours, ref, strict=True):
+        assert max_err(a, r) < 1e-6
+    default = flashattn_lite.flash_attn_func(q, k, v, backend="torch")
+    assert max_err(default, ours[0]) > 1e-3  # the scale changes the answer
+
+
+def test_auto_backend_is_torch_on_cpu():
+    q, k, v, _ = make_qkv(1, 5, 7, 2, 1, 8, dtype=torch.float32, seed=1)
+    auto = flashattn_lite.flash_attn_func(q, k, v, causal=True)
+    torch_path = flashattn_lite.flash_attn_func(q, k, v, causal=True, backend="torch")
+    assert torch.equal(auto, torch_path)
+
+
+def test_bottom_right_alignment_literal():
+    """flash-attn's documented example: seqlen_q 2, seqlen_k 5, causal."""
+    expected = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(flash_mask_reference(2, 5, True, (-1, -1)), expected)
+    # the same mask, read back from the tiled path: v = one-hot keys reveals the weights
+    q = torch.randn(1, 2, 1, 8, dtype=torch.float64)
+    k = torch.zeros(1, 5, 1, 8, dtype=torch.float64)  # equal scores: uniform over allowed keys
+    v = torch.eye(5, 8, dtype=torch.float64)[None, :, None, :]
+    out = flashattn_lite.flash_attn_func(q, k, v, causal=True, backend="torch")[0, :, 0, :5]
+    torch.testing.assert_close(
+        out, expected.double() / expected.sum(1, keepdim=True), rtol=0, atol=1e-15
+    )
+    window = flashattn_lite.flash_attn_func(q, k, v, window_size=(1, 0), backend="torch")[
+        0, :, 0, :5
+    ]
+    torch.testing.assert_close(
+        window, torch.tensor([[0, 0, 0.5, 0.5, 0], [0, 0, 0, 0.5, 0.5]], dtype=torch.float64)
+    )
