@@ -1,0 +1,185 @@
+"""The small Transformer pieces every MTP head is built from.
+
+A Llama-style pre-norm block: ``x + Attn(RMSNorm(x))`` then ``x + MLP(RMSNorm(x))`` with
+rotary positions, grouped-query attention and a SwiGLU MLP. The same block serves two
+callers: training (a whole sequence, causal attention, no cache) and drafting during
+speculative decoding (a few new positions attending to a per-block key/value cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class BlockConfig:
+    """Sizes of one head's Transformer block (Llama's names and meanings)."""
+
+    hidden_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    head_dim: int
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x^2) + eps) * weight``, computed in float32 like Llama's."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float() if dtype in (torch.float16, torch.bfloat16) else x
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def rotary_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables ``(L, head_dim)`` for integer ``positions`` ``(L,)``.
+
+    Frequencies ``theta ** (-2j / head_dim)`` for ``j < head_dim / 2``, each used twice
+    (the "rotate half" layout of GPT-NeoX and Llama).
+    """
+    inv_freq = theta ** (
+        -torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float64) / head_dim
+    )
+    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (L, hd/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (L, hd)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` ``(B, nh, L, hd)`` by the per-position angles in ``cos``/``sin`` ``(L, hd)``."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class CausalSelfAttention(nn.Module):
+    """Grouped-query causal self-attention with rotary positions and an optional cache."""
+
+    def __init__(self, cfg: BlockConfig) -> None:
+        super().__init__()
+        if cfg.num_attention_heads % cfg.num_key_value_heads:
+            raise ValueError(
+                "num_attention_heads must be a multiple of num_key_value_heads, got "
+                f"{cfg.num_attention_heads} and {cfg.num_key_value_heads}"
+            )
+        self.cfg = cfg
+        nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, nh * hd, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, nkv * hd, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, nkv * hd, bias=False)
+        self.o_proj = nn.Linear(nh * hd, cfg.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        start: int = 0,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Attend from ``x`` ``(B, L, C)`` at positions ``start..start+L-1``.
+
+        ``past`` holds the keys/values of positions ``0..start-1``; returns the output
+        ``(B, L, C)`` and the keys/values of the new positions only, ``(B, nkv, L, hd)``.
+        """
+        B, L, _ = x.shape
+        nh, nkv, hd = self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim
+        q = self.q_proj(x).view(B, L, nh, hd).transpose(1, 2)  # (B, nh, L, hd)
+        k = self.k_proj(x).view(B, L, nkv, hd).transpose(1, 2)  # (B, nkv, L, hd)
+        v = self.v_proj(x).view(B, L, nkv, hd).transpose(1, 2)  # (B, nkv, L, hd)
+        positions = torch.arange(start, start + L, device=x.device)
+        cos, sin = rotary_cos_sin(positions, hd, self.cfg.rope_theta, x.dtype)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        new_kv = (k, v)
+        if past is not None and past[0].shape[-2] > 0:
+            k = torch.cat((past[0], k), dim=-2)  # (B, nkv, start+L, hd)
+            v = torch.cat((past[1], v), dim=-2)
+        groups = nh // nkv
+        k = k.repeat_interleave(groups, dim=1)  # (B, nh, S, hd)
+        v = v.repeat_interleave(groups, dim=1)
+        S = k.shape[-2]
+        if S == L:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            # Queries sit at the end of the key range: a bottom-right aligned causal mask.
+            q_pos = torch.arange(S - L, S, device=x.device)[:, None]
+            k_pos = torch.arange(S, device=x.device)[None, :]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=k_pos <= q_pos)
+        y = y.transpose(1, 2).reshape(B, L, nh * hd)  # (B, L, nh*hd)
+        return self.o_proj(y), new_kv
+
+
+class SwiGLU(nn.Module):
+    """Llama's MLP: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, cfg: BlockConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TransformerBlock(nn.Module):
+    """One pre-norm block: causal self-attention then MLP, each with a residual."""
+
+    def __init__(self, cfg: BlockConfig) -> None:
+        super().__init__()
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = CausalSelfAttention(cfg)
+        self.post_attention_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        start: int = 0,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``x`` ``(B, L, C)`` -> ``(B, L, C)`` and the new positions' keys/values."""
+        a, new_kv = self.attn(self.input_norm(x), start, past)
+        x = x + a
+        x = x + self.mlp(self.post_attention_norm(x))
+        return x, new_kv
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """Normal(0, std) for every Linear (no biases here), ones for the norms (Llama's init)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+        elif isinstance(m, RMSNorm):
+            nn.init.ones_(m.weight)
+
+
+def default_head_dim(hidden_size: int, num_attention_heads: int) -> int:
+    if hidden_size % num_attention_heads:
+        raise ValueError(
+            "hidden_size must be divisible by num_attention_heads (or pass head_dim), got "
+            f"{hidden_size} and {num_attention_heads}"
+        )
+    return hidden_size // num_attention_heads
+
+
+def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` as an int >= minimum, else TypeError/ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value

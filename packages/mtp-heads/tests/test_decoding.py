@@ -1,0 +1,164 @@
+"""speculative_generate against transformers' greedy generate, and its statistics."""
+
+from __future__ import annotations
+
+import mtp_heads
+import pytest
+import torch
+from conftest import greedy_reference, tiny_llama
+from mtp_heads.decoding import _speculative_accept, residual_distribution
+
+KINDS = {"sequential": mtp_heads.MTPModule, "parallel": mtp_heads.ParallelMTPHeads}
+
+
+def prompt(n: int, seed: int, vocab: int = 61) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (1, n), generator=g)
+
+
+def check_stats(out: mtp_heads.MTPOutput, prompt_len: int, max_new: int) -> None:
+    assert out.sequences.shape == (1, prompt_len + max_new)
+    assert out.new_tokens == max_new
+    assert out.tokens_per_step == pytest.approx(max_new / out.num_forward_passes)
+    drafted, accepted = sum(out.drafted_by_depth), sum(out.accepted_by_depth)
+    assert out.acceptance_rate == pytest.approx(accepted / drafted if drafted else 0.0)
+    # every pass but the prefill emits 1 + (accepted drafts of that pass) tokens
+    assert max_new == 1 + (out.num_forward_passes - 1) + accepted
+    # depth k is only accepted when depth k-1 was
+    assert all(
+        a >= b for a, b in zip(out.accepted_by_depth, out.accepted_by_depth[1:], strict=False)
+    )
+    assert out.tokens_per_second > 0
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize(("prompt_len", "max_new"), [(1, 1), (1, 9), (2, 2), (7, 17), (13, 5)])
+def test_untrained_heads_are_lossless(llama, kind, depth, prompt_len, max_new):
+    heads = KINDS[kind].from_model(llama, depth=depth)
+    ids = prompt(prompt_len, seed=prompt_len * 31 + depth)
+    out = mtp_heads.speculative_generate(llama, heads, ids, max_new)
+    assert torch.equal(out.sequences, greedy_reference(llama, ids, max_new))
+    check_stats(out, prompt_len, max_new)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize(("prompt_len", "max_new"), [(1, 23), (3, 30), (11, 16)])
+def test_trained_heads_are_lossless_and_accept_drafts(
+    llama, trained_heads, kind, depth, prompt_len, max_new
+):
+    heads = trained_heads[kind, depth]
+    ids = prompt(prompt_len, seed=100 + prompt_len)
+    out = mtp_heads.speculative_generate(llama, heads, ids, max_new)
+    assert torch.equal(out.sequences, greedy_reference(llama, ids, max_new))
+    check_stats(out, prompt_len, max_new)
+    assert out.acceptance_rate > 0
+    assert out.tokens_per_step > 1
+
+
+def test_trained_sequential_heads_accept_most_drafts(llama, trained_heads):
+    # the tiny model's greedy text is repetitive, so a little training goes a long way;
+    # untrained heads accept ~1/V of their drafts
+    rates = []
+    for seed in range(4):
+        ids = prompt(4, seed=200 + seed)
+        rates.append(
+            mtp_heads.speculative_generate(
+                llama, trained_heads["sequential", 1], ids, 40
+            ).acceptance_rate
+        )
+    assert sum(rates) / len(rates) > 0.3
+
+
+@pytest.mark.parametrize(
+    "model_kwargs",
+    [
+        {"num_key_value_heads": 4},  # plain multi-head attention
+        {"num_key_value_heads": 1, "tie_word_embeddings": True},  # multi-query, tied head
+        {"hidden_size": 24, "num_attention_heads": 3, "num_key_value_heads": 3, "vocab_size": 37},
+    ],
+)
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_lossless_on_other_llama_shapes(model_kwargs, kind):
+    model = tiny_llama(seed=3, **model_kwargs)
+    heads = KINDS[kind].from_model(model, depth=2)
+    ids = prompt(5, seed=4, vocab=model.config.vocab_size)
+    out = mtp_heads.speculative_generate(model, heads, ids, 12)
+    assert torch.equal(out.sequences, greedy_reference(model, ids, 12))
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_lossless_in_float64_with_trained_heads(llama, trained_heads, kind):
+    model = tiny_llama(dtype=torch.float64)
+    model.load_state_dict({k: v.double() for k, v in llama.state_dict().items()})
+    heads = KINDS[kind].from_model(model, depth=2)
+    heads.load_state_dict({k: v.double() for k, v in trained_heads[kind, 2].state_dict().items()})
+    accepted = 0
+    for seed in (9, 19, 29):
+        ids = prompt(6, seed=seed)
+        out = mtp_heads.speculative_generate(model, heads, ids, 25)
+        assert torch.equal(out.sequences, greedy_reference(model, ids, 25))
+        accepted += sum(out.accepted_by_depth)
+    assert accepted > 0
+
+
+def test_fewer_drafts_than_depth(llama, trained_heads):
+    ids = prompt(4, seed=10)
+    out = mtp_heads.speculative_generate(
+        llama, trained_heads["sequential", 2], ids, 20, num_draft_tokens=1
+    )
+    assert torch.equal(out.sequences, greedy_reference(llama, ids, 20))
+    assert out.drafted_by_depth[1] == 0
+    assert out.drafted_by_depth[0] > 0
+
+
+def test_eos_stops_generation(llama):
+    ids = prompt(4, seed=11)
+    full = greedy_reference(llama, ids, 20)
+    eos = int(full[0, 4 + 6])  # the 7th new token
+    first = int((full[0, 4:] == eos).nonzero()[0]) + 4
+    heads = mtp_heads.MTPModule.from_model(llama, depth=2)
+    out = mtp_heads.speculative_generate(llama, heads, ids, 20, eos_token_id=eos)
+    assert torch.equal(out.sequences, full[:, : first + 1])
+
+
+def test_sampling_is_reproducible_and_in_vocab(llama, trained_heads):
+    ids = prompt(3, seed=12)
+    heads = trained_heads["sequential", 2]
+    runs = [
+        mtp_heads.speculative_generate(
+            llama, heads, ids, 15, temperature=0.7, generator=torch.Generator().manual_seed(5)
+        )
+        for _ in range(2)
+    ]
+    assert torch.equal(runs[0].sequences, runs[1].sequences)
+    assert runs[0].sequences.shape == (1, 18)
+    assert int(runs[0].sequences.max()) < llama.config.vocab_size
+
+
+def test_speculative_accept_keeps_the_target_distribution():
+    # one draft position: the emitted first token must be distributed as p, whatever q is
+    g = torch.Generator().manual_seed(0)
+    V, trials = 5, 6000
+    p_logits = torch.randn(V, generator=g) * 1.5
+    q = torch.softmax(torch.randn(V, generator=g) * 1.5, -1)
+    logits = torch.stack([p_logits, torch.zeros(V)])  # (2, V); temperature 1
+    counts = torch.zeros(V)
+    for _ in range(trials):
+        d = torch.multinomial(q, 1, generator=g).view(1)
+        new, _ = _speculative_accept(logits, [d], [q], 1.0, g)
+        counts[int(new[0])] += 1
+    p = torch.softmax(p_logits, -1)
+    # 5 standard errors of a binomial proportion: fails for a wrong rule (e.g. accepting
+    # every draft emits q, whose distance from p is > 0.1 in some entry here)
+    assert (q - p).abs().max() > 0.1
+    se = (p * (1 - p) / trials).sqrt()
+    assert ((counts / trials - p).abs() <= 5 * se).all()
+
+
+def test_residual_distribution():
+    p = torch.tensor([0.5, 0.3, 0.2])
+    q = torch.tensor([0.2, 0.5, 0.3])
+    torch.testing.assert_close(residual_distribution(p, q), torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(residual_distribution(p, p), p)
