@@ -1,0 +1,1 @@
+"""Adapters that plug flashattn-lite into other libraries (each imported lazily)."""

@@ -1,0 +1,121 @@
+"""Use flashattn-lite as a Hugging Face transformers attention implementation.
+
+``register()`` adds an attention function to transformers' ``AttentionInterface`` (and
+the matching mask builder to ``AttentionMaskInterface``) and returns the name to pass as
+``attn_implementation``::
+
+    name = flashattn_lite.integrations.transformers.register()
+    model = LlamaForCausalLM(config)  # or from_pretrained(..., attn_implementation=name)
+    model.set_attn_implementation(name)
+
+transformers is imported only when ``register()`` is called. The attention function
+receives SDPA's layout ``(batch, heads, seq, head_dim)``. Without a padding mask it runs
+the band path (causal, bottom-right aligned, so decoding with a KV cache is handled);
+with a mask (padding, or patterns the model builds itself) it runs the tiled torch path
+with that boolean/additive mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..interface import _attention, _resolve_backend
+from ..masking import Band, flash_band
+from ..validation import check_qkv
+
+# transformers treats every implementation whose name contains "flash" as a flash-attn
+# kernel (padding-free varlen inputs, kernels from the hub): the name must avoid it
+DEFAULT_NAME = "fa_lite"
+
+
+def attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    *,
+    backend: str = "auto",
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature; returns ``((B, Sq, H, D), None)``.
+
+    query ``(B, H, Sq, D)``, key/value ``(B, Hk, Sk, D)`` (grouped heads are not repeated).
+    ``attention_mask`` is None or a 4-D bool/additive mask ``(B|1, 1|H, Sq, Sk)`` from
+    transformers' SDPA mask builder. Dropout, softcapping and sliding windows set on
+    the module are refused rather than ignored.
+    """
+    if dropout:
+        raise ValueError(f"dropout must be 0 for flashattn_lite attention, got {dropout}")
+    # a sliding window needs nothing here: transformers' SDPA mask builder writes it into
+    # attention_mask whenever it can matter. Softcapping and attention sinks would change
+    # the maths, so they are refused.
+    for name in ("softcap", "s_aux"):
+        if kwargs.get(name) is not None:
+            raise ValueError(f"{name} is not supported by flashattn_lite attention")
+    check_qkv(query, key, value, ("query", "key", "value"), "bhsd")
+    seqlen_q, seqlen_k = query.shape[2], key.shape[2]
+    if is_causal is None:
+        is_causal = getattr(module, "is_causal", True)
+    scale = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # (B, S, H, D) views
+    mask = None
+    if attention_mask is not None:
+        band = Band(diagonal=0)  # the mask already holds causality
+        mask = attention_mask[:, :, :, :seqlen_k]
+        mask = mask.expand(mask.shape[0], mask.shape[1], seqlen_q, seqlen_k)
+    else:
+        if is_causal and 1 < seqlen_q < seqlen_k:
+            # as transformers' SDPA path: a prefill into an empty static cache, whose
+            # trailing key slots are unused (not a continuation of earlier tokens)
+            k, v = k[:, :seqlen_q], v[:, :seqlen_q]
+            seqlen_k = seqlen_q
+        band = flash_band(seqlen_q, seqlen_k, bool(is_causal), (-1, -1))
+    resolved = _resolve_backend(backend, query)
+    if mask is not None:
+        resolved = "torch"  # the Triton kernels take bands, not arbitrary masks
+    out, _ = _attention(q, k, v, scale, band, mask, resolved, False)
+    return out, None
+
+
+def register(name: str = DEFAULT_NAME, backend: str = "auto") -> str:
+    """Register flashattn-lite's attention with transformers; returns ``name``.
+
+    Pass the returned name as ``attn_implementation`` (``from_pretrained``,
+    ``from_config``, the config's ``_attn_implementation`` or
+    ``model.set_attn_implementation``). ``backend`` is as in ``flash_attn_func``.
+    Registering the same name again replaces it.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if "flash" in name or name in ("eager", "sdpa", "flex_attention"):
+        raise ValueError(
+            f"name must not contain 'flash' nor be a built-in implementation (transformers "
+            f"would dispatch it to its own kernels), got {name!r}"
+        )
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be one of ('auto', 'torch', 'triton'), got {backend!r}")
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "flashattn_lite.integrations.transformers.register needs transformers>=5 "
+            "(pip install 'flashattn-lite[transformers]')"
+        ) from exc
+
+    def fa_lite_attention(module, query, key, value, attention_mask, **kwargs):
+        return attention_forward(
+            module, query, key, value, attention_mask, backend=backend, **kwargs
+        )
+
+    AttentionInterface.register(name, fa_lite_attention)
+    # the SDPA mask builder returns None whenever plain causality suffices, so the band
+    # path runs; with padding it returns a bool (B, 1, Sq, Sk) mask
+    AttentionMaskInterface.register(name, sdpa_mask)
+    return name

@@ -1,0 +1,121 @@
+"""A tiny Llama with flashattn-lite attention matches transformers' eager and SDPA attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from flashattn_lite.integrations import transformers as fa_transformers  # noqa: E402
+
+
+def _tiny_llama(attn_implementation: str, seed: int = 0):
+    config = transformers.LlamaConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # grouped-query attention
+        max_position_embeddings=64,
+        attn_implementation=attn_implementation,
+    )
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def name():
+    return fa_transformers.register()
+
+
+@pytest.fixture(scope="module")
+def models(name):
+    eager = _tiny_llama("eager")
+    ours = _tiny_llama(name)
+    ours.load_state_dict(eager.state_dict())
+    sdpa = _tiny_llama("sdpa")
+    sdpa.load_state_dict(eager.state_dict())
+    return eager, sdpa, ours
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Records, per call of our attention, whether transformers passed a mask."""
+    seen = []
+    real = fa_transformers.attention_forward
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        seen.append(attention_mask is not None)
+        return real(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setattr(fa_transformers, "attention_forward", spy)
+    return seen
+
+
+def test_register_returns_a_usable_name(name, models):
+    assert name == "fa_lite"
+    assert models[2].config._attn_implementation == name
+
+
+def test_forward_matches_eager_and_sdpa(models, calls):
+    eager, sdpa, ours = models
+    ids = torch.randint(0, 97, (2, 19), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = eager(ids).logits
+        peer = sdpa(ids).logits
+        got = ours(ids).logits
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, peer, atol=1e-5, rtol=1e-5)
+    assert calls == [False, False]  # both layers ran our band (causal) path
+
+
+def test_forward_with_left_padding_matches_eager(models, calls):
+    eager, _, ours = models
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 97, (2, 13), generator=gen)
+    mask = torch.ones(2, 13, dtype=torch.long)
+    mask[0, :4] = 0  # left padding in the first sequence
+    with torch.no_grad():
+        ref = eager(ids, attention_mask=mask).logits
+        got = ours(ids, attention_mask=mask).logits
+    keep = mask.bool()  # padded positions are garbage in every implementation
+    torch.testing.assert_close(got[keep], ref[keep], atol=1e-5, rtol=1e-5)
+    assert calls == [True, True]  # the padding mask reached our masked path
+
+
+def test_gradients_match_eager(models):
+    eager, _, ours = models
+    ids = torch.randint(0, 97, (1, 11), generator=torch.Generator().manual_seed(3))
+    grads = []
+    for model in (eager, ours):
+        model.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        grads.append(model.model.layers[0].self_attn.q_proj.weight.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
+def test_greedy_generate_with_kv_cache_matches_eager(models):
+    eager, _, ours = models
+    ids = torch.randint(0, 97, (1, 7), generator=torch.Generator().manual_seed(4))
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        ref = eager.generate(ids, **kw)
+        got = ours.generate(ids, **kw)
+    assert torch.equal(got, ref)
+
+
+def test_register_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="name must be a non-empty string"):
+        fa_transformers.register("")
+    with pytest.raises(ValueError, match="name must not contain 'flash'"):
+        fa_transformers.register("flashattn_lite")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fa_transformers.register(backend="cuda")
+
+
+def test_attention_forward_rejects_dropout():
+    q = torch.randn(1, 2, 3, 8)
+    with pytest.raises(ValueError, match="dropout must be 0"):
+        fa_transformers.attention_forward(torch.nn.Module(), q, q, q, None, dropout=0.1)
