@@ -71,11 +71,11 @@ def test_affine_equivariance_rate_independent_of_density(rng):
 
 
 def test_scalars_equal_batches_of_buffer_size(rng):
-    x = rng.standard_normal(5 * 256 + 17)
+    x = rng.standard_normal(5 * 1024 + 17)
     single = sa.StreamingQuantile(0.3)
     for v in x.tolist():
         single.update(v)
-    batched = feed_chunks(sa.StreamingQuantile(0.3), x, 256)
+    batched = feed_chunks(sa.StreamingQuantile(0.3), x, single.buffer_size)
     assert single.quantile == batched.quantile
     assert single.count == batched.count == x.size
 

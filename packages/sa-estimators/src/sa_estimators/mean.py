@@ -26,6 +26,8 @@ import numpy as np
 from ._checks import as_float_array, check_nan_policy, positive_int
 from .steps import StepSize, resolve_step
 
+_FLOAT64 = np.dtype(np.float64)
+
 
 def _neumaier_add(total: float, comp: float, value: float) -> tuple[float, float]:
     """Compensated addition: (total, comp) represents total + comp to ~1 ulp."""
@@ -81,7 +83,7 @@ class IncrementalMean:
         *,
         w0: float | None = None,
         nan_policy: str = "raise",
-        buffer_size: int = 512,
+        buffer_size: int = 1024,
     ) -> None:
         self.step_size = None if step_size is None else resolve_step(step_size)
         self.nan_policy = check_nan_policy(nan_policy)
@@ -111,7 +113,7 @@ class IncrementalMean:
             return self
         if (
             x.__class__ is np.ndarray
-            and x.dtype == np.float64
+            and x.dtype is _FLOAT64
             and x.ndim == 1
             and x.size
             and self.step_size is None

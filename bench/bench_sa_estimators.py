@@ -1,0 +1,165 @@
+"""sa-estimators: streaming mean and 0.9-quantile over a 1e6-sample stream, vs river.
+
+Each call feeds a whole stream to a fresh estimator, either in chunks of 1000 (ours:
+one numpy step per chunk; river.stats.Mean: ``update_many``; river.stats.Quantile has no
+batch update, so its chunked row feeds the chunk's samples one by one) or one Python
+float at a time. numpy's exact answer over the whole array is timed as a reference. The
+row's extra_info carries the estimate's error against the exact answer, in standard
+deviations of the stream (``abs_error_sd``), so speed and accuracy are read together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import harness
+
+PACKAGE = "sa-estimators"
+N = harness.pick(cpu=1_000_000, gpu=1_000_000)
+CHUNK = 1000
+Q = 0.9
+
+
+@pytest.fixture(scope="module")
+def stream() -> dict:
+    x = 10.0 + 3.0 * np.random.default_rng(0).standard_normal(N)  # (N,) float64
+    return {
+        "array": x,
+        "chunks": [x[i : i + CHUNK] for i in range(0, N, CHUNK)],
+        "floats": x.tolist(),
+        "sd": float(np.std(x)),
+        "mean": float(np.mean(x)),
+        "quantile": float(np.quantile(x, Q)),
+    }
+
+
+def _record_error(benchmark, estimate: float, exact: float, sd: float) -> None:
+    benchmark.extra_info["estimate"] = estimate
+    benchmark.extra_info["abs_error_sd"] = abs(estimate - exact) / sd
+
+
+# -- streaming mean ---------------------------------------------------------------------
+def _mean_fn(impl: str, feed: str, s: dict):
+    if impl == "sa_estimators.IncrementalMean":
+        import sa_estimators
+
+        if feed == "chunks":
+
+            def run():
+                est = sa_estimators.IncrementalMean()
+                for c in s["chunks"]:
+                    est.update(c)
+                return est.mean
+        else:
+
+            def run():
+                est = sa_estimators.IncrementalMean()
+                update = est.update
+                for v in s["floats"]:
+                    update(v)
+                return est.mean
+
+        return run
+    if impl == "numpy.mean":
+        return lambda: float(np.mean(s["array"]))
+    river_stats = pytest.importorskip("river.stats")
+    if impl == "river.stats.Mean.update_many":
+
+        def run():
+            est = river_stats.Mean()
+            for c in s["chunks"]:
+                est.update_many(c)
+            return est.get()
+    else:  # river.stats.Mean, one update per sample
+
+        def run():
+            est = river_stats.Mean()
+            update = est.update
+            for v in s["floats"]:
+                update(v)
+            return est.get()
+
+    return run
+
+
+MEAN_CASES = [
+    ("chunks", "sa_estimators.IncrementalMean", "river.stats.Mean.update_many"),
+    ("chunks", "river.stats.Mean.update_many", ""),
+    ("chunks", "numpy.mean", "river.stats.Mean.update_many"),
+    ("single", "sa_estimators.IncrementalMean", "river.stats.Mean"),
+    ("single", "river.stats.Mean", ""),
+]
+
+
+@pytest.mark.parametrize("feed, impl, peer", MEAN_CASES)
+def test_streaming_mean(benchmark, stream, feed, impl, peer):
+    fn = _mean_fn(impl, feed, stream)
+    slow = feed == "single"
+    estimate = harness.measure(
+        benchmark, fn,
+        package=PACKAGE, case=f"mean_{feed}", impl=impl, peer=peer,
+        dtype="float64", params={"n": N, "chunk": CHUNK if feed == "chunks" else 1},
+        device="cpu", work=N, work_unit="sample", bytes=8 * N,
+        rounds=5 if slow else None, warmup=1 if slow else 2,
+    )  # fmt: skip
+    _record_error(benchmark, estimate, stream["mean"], stream["sd"])
+
+
+# -- streaming 0.9-quantile ---------------------------------------------------------------
+def _quantile_fn(impl: str, feed: str, s: dict):
+    if impl == "sa_estimators.StreamingQuantile":
+        import sa_estimators
+
+        if feed == "chunks":
+
+            def run():
+                est = sa_estimators.StreamingQuantile(Q)
+                for c in s["chunks"]:
+                    est.update(c)
+                return est.quantile
+        else:
+
+            def run():
+                est = sa_estimators.StreamingQuantile(Q)
+                update = est.update
+                for v in s["floats"]:
+                    update(v)
+                return est.quantile
+
+        return run
+    if impl == "numpy.quantile":
+        return lambda: float(np.quantile(s["array"], Q))
+    river_stats = pytest.importorskip("river.stats")
+
+    def run():  # P^2: no batch update, one call per sample whatever the feed
+        est = river_stats.Quantile(Q)
+        update = est.update
+        for v in s["floats"]:
+            update(v)
+        return est.get()
+
+    return run
+
+
+QUANTILE_CASES = [
+    ("chunks", "sa_estimators.StreamingQuantile", "river.stats.Quantile"),
+    ("chunks", "river.stats.Quantile", ""),
+    ("chunks", "numpy.quantile", "river.stats.Quantile"),
+    ("single", "sa_estimators.StreamingQuantile", "river.stats.Quantile"),
+    ("single", "river.stats.Quantile", ""),
+]
+
+
+@pytest.mark.parametrize("feed, impl, peer", QUANTILE_CASES)
+def test_streaming_quantile(benchmark, stream, feed, impl, peer):
+    fn = _quantile_fn(impl, feed, stream)
+    slow = impl.startswith("river") or feed == "single"
+    estimate = harness.measure(
+        benchmark, fn,
+        package=PACKAGE, case=f"quantile{Q}_{feed}", impl=impl, peer=peer,
+        dtype="float64", params={"n": N, "q": Q, "chunk": CHUNK if feed == "chunks" else 1},
+        device="cpu", work=N, work_unit="sample", bytes=8 * N,
+        rounds=5 if slow else None, warmup=1 if slow else 2,
+    )  # fmt: skip
+    _record_error(benchmark, estimate, stream["quantile"], stream["sd"])
