@@ -10,6 +10,9 @@ an ``isfinite(...).all()`` and a multiplication. The fast paths:
   torch does. A float32 sum is finite iff no element is inf/NaN *unless* finite values
   overflow the sum, so a non-finite sum is re-checked exactly with ``isfinite``.
 - ``"triton"`` (CUDA): one multi-tensor kernel launch, see ``triton_unscale.py``.
+- ``"torch"``: torch's own fused kernel (``torch._amp_foreach_non_finite_check_and_unscale_``).
+  One read and one write per element; no composition of PyTorch ops can do that (the
+  foreach path needs a second, in-cache read), so ``"auto"`` uses it on the CPU.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 
 from .reference import unscale_and_check_reference_
 
-IMPLS = ("auto", "foreach", "triton", "reference")
+IMPLS = ("auto", "foreach", "triton", "torch", "reference")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -160,8 +163,9 @@ def unscale_and_check_(
         found_inf: optional 1-element float32 tensor on that device. It is set to 1.0 if
             any element of any tensor was inf or NaN *before* unscaling, and left as it
             was otherwise (so one flag can collect several calls). Created (0.0) if None.
-        impl: ``"auto"`` (Triton on CUDA when available, else foreach), ``"foreach"``,
-            ``"triton"`` (CUDA, or the CPU interpreter with ``TRITON_INTERPRET=1``) or
+        impl: ``"auto"`` (Triton on CUDA when available, else torch's fused kernel),
+            ``"foreach"`` (pure PyTorch ops), ``"triton"`` (CUDA, or the CPU interpreter
+            with ``TRITON_INTERPRET=1``), ``"torch"`` (torch's fused kernel) or
             ``"reference"``.
 
     Returns:
@@ -173,7 +177,8 @@ def unscale_and_check_(
     """
     tensors, inv_scale, found_inf = _validate(tensors, inv_scale, found_inf, impl)
     if impl == "auto":
-        impl = "foreach"
+        has_fused = hasattr(torch, "_amp_foreach_non_finite_check_and_unscale_")
+        impl = "torch" if has_fused else "foreach"
         if tensors and tensors[0].is_cuda:
             try:
                 import triton  # noqa: F401
@@ -191,6 +196,9 @@ def unscale_and_check_(
             from .triton_unscale import triton_unscale_and_check_
 
             triton_unscale_and_check_(group, inv_scale, found_inf)
+        elif impl == "torch":
+            with torch.no_grad():
+                torch._amp_foreach_non_finite_check_and_unscale_(group, found_inf, inv_scale)
         else:
             _foreach_unscale_and_check_(group, inv_scale, found_inf)
     return found_inf
