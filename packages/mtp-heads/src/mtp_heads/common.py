@@ -190,3 +190,11 @@ def check_inputs(
             f"input_ids must have at least {min_length} tokens per row for {what}, "
             f"got {input_ids.shape[1]}"
         )
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean CE of ``logits`` ``(..., V)`` against ``target`` ``(...)``; half precisions
+    are upcast to float32 first (the log-sum-exp of a large vocabulary needs it)."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))

@@ -17,11 +17,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .blocks import RMSNorm, TransformerBlock, check_positive_int, init_weights
-from .common import SharedWeightsMixin, block_config, check_inputs, sizes_from_model
+from .common import (
+    SharedWeightsMixin,
+    block_config,
+    check_inputs,
+    cross_entropy,
+    sizes_from_model,
+)
 
 
 class ParallelHead(nn.Module):
@@ -133,7 +138,7 @@ class ParallelMTPHeads(SharedWeightsMixin, nn.Module):
         h, _ = self.head_states(k, hidden_states[:, : T - k - 1])  # (B, T-k-1, C)
         logits = self.logits_of(k, h)  # (B, T-k-1, V)
         target = input_ids[:, k + 1 :]  # (B, T-k-1)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
+        return cross_entropy(logits, target)
 
     def loss(
         self,
@@ -186,7 +191,7 @@ class _HeadByHeadLoss(torch.autograd.Function):
         want_h = hidden_states.requires_grad
         grad_h = torch.zeros_like(hidden_states) if want_h else None
         grad_p = [torch.zeros_like(p) for p in params]
-        total = torch.zeros((), dtype=torch.float32, device=hidden_states.device)
+        total = None
         scale = weight / heads.depth
         for k in heads._ks():
             with torch.enable_grad():
@@ -200,7 +205,7 @@ class _HeadByHeadLoss(torch.autograd.Function):
             for acc, g in zip(grad_p, grads, strict=True):
                 if g is not None:
                     acc += g
-            total += loss_k.detach()
+            total = loss_k.detach() if total is None else total + loss_k.detach()
         ctx.want_h = want_h
         ctx.save_for_backward(*([grad_h] if want_h else []), *grad_p)
         return total

@@ -16,11 +16,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .blocks import RMSNorm, TransformerBlock, check_positive_int, init_weights
-from .common import SharedWeightsMixin, block_config, check_inputs, sizes_from_model
+from .common import (
+    SharedWeightsMixin,
+    block_config,
+    check_inputs,
+    cross_entropy,
+    sizes_from_model,
+)
 
 
 class MTPDepth(nn.Module):
@@ -166,14 +171,11 @@ class MTPModule(SharedWeightsMixin, nn.Module):
         """
         check_inputs(hidden_states, input_ids, self.hidden_size, self.depth + 2, "loss")
         logits = self(hidden_states, input_ids)
-        total = hidden_states.new_zeros((), dtype=torch.float32)
-        for k, lg in enumerate(logits, start=1):
-            target = input_ids[:, k + 1 :]  # (B, T-k-1)
-            lg = lg[:, :-1]  # (B, T-k-1, V)
-            total = total + F.cross_entropy(
-                lg.reshape(-1, lg.shape[-1]).float(), target.reshape(-1)
-            )
-        return total * (weight / self.depth)
+        losses = [
+            cross_entropy(lg[:, :-1], input_ids[:, k + 1 :])  # (B, T-k-1, V) vs (B, T-k-1)
+            for k, lg in enumerate(logits, start=1)
+        ]
+        return torch.stack(losses).mean() * weight
 
     # -- decoding -----------------------------------------------------------------
     def start_drafting(self) -> SequentialDraftState:
