@@ -163,3 +163,41 @@ def test_streaming_quantile(benchmark, stream, feed, impl, peer):
         rounds=5 if slow else None, warmup=1 if slow else 2,
     )  # fmt: skip
     _record_error(benchmark, estimate, stream["quantile"], stream["sd"])
+
+
+# -- many streams at once in torch (the GPU path) -------------------------------------------
+ROWS, STREAMS, ROW_CHUNK = harness.pick(cpu=(8192, 32, 1024), gpu=(65_536, 128, 1024))
+
+
+@pytest.mark.parametrize(
+    "impl, peer",
+    [("sa_estimators.BatchedStreamingQuantile", "torch.quantile"), ("torch.quantile", "")],
+)
+def test_batched_quantile(benchmark, impl, peer):
+    torch = pytest.importorskip("torch")
+    import sa_estimators
+
+    device = harness.device()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(ROWS, STREAMS, generator=gen).mul_(2.0).add_(1.0).to(device)  # (n, d)
+    chunks = list(x.split(ROW_CHUNK))
+    if impl == "torch.quantile":
+        fn = lambda: torch.quantile(x, Q, dim=0)  # exact, whole stream in memory
+    else:
+
+        def fn():
+            est = sa_estimators.BatchedStreamingQuantile(Q, STREAMS, dtype=torch.float32)
+            for c in chunks:
+                est.update(c)
+            return est.quantile
+
+    estimate = harness.measure(
+        benchmark, fn,
+        package=PACKAGE, case="batched_quantile0.9", impl=impl, peer=peer,
+        dtype="float32", params={"rows": ROWS, "streams": STREAMS, "chunk": ROW_CHUNK, "q": Q},
+        device=device, work=ROWS * STREAMS, work_unit="sample", bytes=4 * ROWS * STREAMS,
+        rounds=harness.pick(cpu=5, gpu=None), warmup=1,
+    )  # fmt: skip
+    exact = torch.quantile(x.double(), Q, dim=0)
+    err = ((estimate.double() - exact).abs() / x.double().std(0)).max()
+    benchmark.extra_info["abs_error_sd"] = float(err)

@@ -10,10 +10,13 @@ from .mean_estimation import mean_estimation
 from .quantile import StreamingQuantile
 from .robbins_monro import RobbinsMonro, SAResult, robbins_monro
 from .steps import StepSize, constant_step, harmonic_step, polynomial_step
+from .torch_batched import BatchedIncrementalMean, BatchedStreamingQuantile  # torch: lazy
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchedIncrementalMean",
+    "BatchedStreamingQuantile",
     "IncrementalMean",
     "RobbinsMonro",
     "SAResult",
