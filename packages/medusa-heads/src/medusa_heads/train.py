@@ -179,6 +179,11 @@ def train_heads(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     tokens = _check_tokens(tokens, seq_len)
+    if int(tokens.min()) < 0 or int(tokens.max()) >= heads.vocab_size:
+        raise ValueError(
+            f"tokens must be ids in [0, {heads.vocab_size}), got the range "
+            f"[{int(tokens.min())}, {int(tokens.max())}]"
+        )
     if tokens.dim() == 2:
         seq_len = tokens.shape[1]
     if seq_len < heads.num_heads + 2:
