@@ -245,10 +245,18 @@ def accumulate(gt, dt, matches, iou_thr, rec_thr, ranges, max_dets):
     recall = -np.ones((T, K, A, M))
     scores = -np.ones((T, R, K, A, M))
 
+    # all images of a category merged by descending score; ties: image order, then rank
     di = matches.dt_index  # (D,)
-    matched = matches.matched_gt >= 0  # (A, T, D)
+    d_cat, d_img = dt.category_index[di], dt.image_index[di]
+    d_score, d_rank = dt.scores[di], matches.dt_rank
+    order = np.lexsort((d_rank, d_img, -d_score, d_cat))
+    bounds = np.searchsorted(d_cat[order], np.arange(K + 1))
+    di, d_score, d_rank = di[order], d_score[order], d_rank[order]  # categories contiguous
+    matched_gt = matches.matched_gt[:, :, order]  # (A, T, D)
+
+    matched = matched_gt >= 0
     N = len(gt.ann_ids)
-    gid = np.where(matched, matches.matched_gt, N)  # N: a sentinel past the last gt
+    gid = np.where(matched, matched_gt, N)  # N: a sentinel past the last gt
     # pycocotools stores the matched gt *id* and tests it for truthiness: a match with a
     # ground truth whose id is 0 counts as no match. Reproduced on purpose.
     dtm = np.r_[gt.ann_ids != 0, False][gid]  # (A, T, D)
@@ -264,18 +272,11 @@ def accumulate(gt, dt, matches, iou_thr, rec_thr, ranges, max_dets):
     npig = np.stack(
         [np.bincount(gt.category_index[~ig], minlength=K) for ig in matches.gt_ignore], axis=1
     )  # (K, A)
-
-    # all images of a category merged by descending score; ties: image order, then rank
-    d_cat, d_img = dt.category_index[di], dt.image_index[di]
-    d_score, d_rank = dt.scores[di], matches.dt_rank
-    order = np.lexsort((d_rank, d_img, -d_score, d_cat))
-    bounds = np.searchsorted(d_cat[order], np.arange(K + 1))
-    tps, fps = tps[:, :, order], fps[:, :, order]  # (A, T, D), categories contiguous
-    d_score, d_rank = d_score[order], d_rank[order]
     for k in range(K):
         areas = np.flatnonzero(npig[k] > 0)  # area ranges with something to find
         if len(areas) == 0:
             continue
+        j = _first_count_reaching(rec_thr, npig[k, areas])  # (a, R)
         cat = slice(bounds[k], bounds[k + 1])
         rank_k = d_rank[cat]
         previous = None  # (m, number of detections) of the last curve computed
@@ -290,12 +291,15 @@ def accumulate(gt, dt, matches, iou_thr, rec_thr, ranges, max_dets):
                 continue
             previous = (m, n)
             every = n == len(rank_k)
-            tp_k = tps[areas, :, cat] if every else tps[areas][:, :, cat][:, :, keep]
-            fp_k = fps[areas, :, cat] if every else fps[areas][:, :, cat][:, :, keep]
+            tp_k = tps[:, :, cat][areas]  # slice first (a view), then pick the areas
+            fp_k = fps[:, :, cat][areas]
+            if not every:
+                tp_k, fp_k = tp_k[:, :, keep], fp_k[:, :, keep]
             s_k = d_score[cat][keep]
-            _curves(
-                tp_k, fp_k, s_k, npig[k, areas], rec_thr, areas, k, m, precision, recall, scores
-            )
+            q, ss, rc = _curves(tp_k, fp_k, s_k, npig[k, areas], j)
+            precision[:, :, k, areas, m] = q.transpose(1, 2, 0)
+            scores[:, :, k, areas, m] = ss.transpose(1, 2, 0)
+            recall[:, k, areas, m] = rc.T
     return precision, recall, scores
 
 
@@ -310,33 +314,42 @@ def _first_count_reaching(thr: np.ndarray, npig: np.ndarray) -> np.ndarray:
     for _ in range(2):
         j = np.where((j > 0) & ((j - 1) / npig >= thr), j - 1, j)
         j = np.where(j / npig < thr, j + 1, j)
-    return j.astype(np.int64)
+    return j
 
 
-def _curves(tp_bool, fp_bool, scores_sorted, npig, rec_thr, areas, k, m, precision, recall, scores):
-    """Fill the (T, R) precision, (T,) recall and scores of category k, maxDets m."""
-    a_n, T, n = tp_bool.shape  # (a, T, n) over the area ranges in ``areas``
-    R = len(rec_thr)
+def _curves(tp_bool, fp_bool, scores_sorted, npig, j):
+    """Sampled precision (a, T, R), scores (a, T, R) and final recall (a, T) of one curve.
+
+    ``tp_bool``/``fp_bool`` (a, T, n) are the detections of one category in merged score
+    order; ``j`` (a, R) from :func:`_first_count_reaching`.
+    """
+    a_n, T, n = tp_bool.shape
+    R = j.shape[1]
     if n == 0:
-        precision[:, :, k, areas, m] = 0.0
-        scores[:, :, k, areas, m] = 0.0
-        recall[:, k, areas, m] = 0.0
-        return
-    tp_int = np.cumsum(tp_bool, axis=2)  # (a, T, n) int64
-    tp = tp_int.astype(np.float64)
-    fp = np.cumsum(fp_bool, axis=2, dtype=np.float64)
+        return np.zeros((a_n, T, R)), np.zeros((a_n, T, R)), np.zeros((a_n, T))
+    # counts in int32 (far faster than numpy's default int64 cumsum of bools), exact
+    tp = np.cumsum(tp_bool, axis=2, dtype=np.int32).astype(np.float64)  # (a, T, n)
+    fp = np.cumsum(fp_bool, axis=2, dtype=np.int32).astype(np.float64)
     pr = tp / (fp + tp + np.spacing(1))  # same expression as pycocotools
-    envelope = np.maximum.accumulate(pr[..., ::-1], axis=-1)[..., ::-1]  # monotone precision
-    recall[:, k, areas, m] = (tp[:, :, -1] / npig[:, None].astype(np.float64)).T
-    # left searchsorted of every recall threshold in every (a, t) row, in one call
-    j = _first_count_reaching(rec_thr, npig)  # (a, R)
-    rows = np.arange(a_n * T).reshape(a_n, T, 1) * (n + 1)  # (a, T, 1) row offsets
-    keys = (tp_int + rows).reshape(-1)  # non-decreasing over all rows
+    recall = tp[:, :, -1] / npig[:, None].astype(np.float64)  # (a, T)
+
+    # left searchsorted of every recall threshold in every (a, t) row, in one call: the
+    # counts are exact integers in float64, so offsetting each row keeps them ordered
+    rows = (np.arange(a_n * T, dtype=np.float64) * (n + 1)).reshape(a_n, T, 1)
+    keys = (tp + rows).reshape(-1)  # non-decreasing over all rows
     idx = np.searchsorted(keys, (rows + j[:, None, :]).reshape(-1), side="left")
-    idx = idx.reshape(a_n, T, R) - np.arange(a_n * T).reshape(a_n, T, 1) * n  # within row
+    base = (np.arange(a_n * T) * n).reshape(a_n, T, 1)
+    idx = idx.reshape(a_n, T, R) - base  # index inside the row; n means "past the end"
     ok = idx < n
-    idx_c = np.minimum(idx, n - 1)
-    q = np.where(ok, np.take_along_axis(envelope, idx_c, axis=2), 0.0)  # (a, T, R)
-    ss = np.where(ok, scores_sorted[idx_c], 0.0)
-    precision[:, :, k, areas, m] = q.transpose(1, 2, 0)
-    scores[:, :, k, areas, m] = ss.transpose(1, 2, 0)
+    idx = np.minimum(idx, n)  # (a, T, R), non-decreasing along R
+
+    # precision made monotone, only where it is sampled: the max over pr[idx_r:] is the
+    # running max (from the right) of the maxima of the segments [idx_r, idx_r+1)
+    flat = np.concatenate([pr.reshape(-1), [-np.inf]])  # sentinel for the last row's end
+    starts = np.concatenate([idx + base, base + n], axis=2).reshape(-1)  # (a*T*(R+1),)
+    seg = np.maximum.reduceat(flat, starts).reshape(a_n, T, R + 1)[:, :, :R]
+    seg = np.where(ok, seg, -np.inf)  # empty segments past the end read a neighbour
+    envelope = np.maximum.accumulate(seg[:, :, ::-1], axis=2)[:, :, ::-1]
+    q = np.where(ok, envelope, 0.0)
+    ss = np.where(ok, scores_sorted[np.minimum(idx, n - 1)], 0.0)
+    return q, ss, recall
