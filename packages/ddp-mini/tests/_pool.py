@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import multiprocessing as mp
+import pickle
 import queue
 import traceback
 from typing import Any
@@ -39,14 +40,14 @@ def _worker(rank: int, port: int, tasks: Any, results: Any) -> None:
     for key, ranks in layouts.items():
         handle = dist.new_group(ranks=ranks)  # collective: every rank makes every group
         _GROUPS[key] = handle if rank in ranks else None
-    results.put((rank, True, "ready"))
+    results.put((rank, True, pickle.dumps("ready")))
     while True:
         task = tasks.get()
         if task is None:
             break
         fn, args = task
         try:
-            results.put((rank, True, fn(rank, *args)))
+            results.put((rank, True, pickle.dumps(fn(rank, *args))))
         except BaseException:
             results.put((rank, False, traceback.format_exc()))
     dist.destroy_process_group()
@@ -83,7 +84,10 @@ class DistPool:
                     f"{what}: ranks {sorted(set(range(WORLD)) - set(out) - set(errors))} "
                     f"gave no answer within {timeout} s"
                 ) from None
-            (out if ok else errors)[rank] = value
+            if ok:
+                out[rank] = pickle.loads(value)
+            else:
+                errors[rank] = value
         if errors:
             self.close()
             details = "\n".join(f"--- rank {r} ---\n{tb}" for r, tb in sorted(errors.items()))

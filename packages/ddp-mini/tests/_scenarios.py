@@ -212,3 +212,11 @@ def unused_without_flag(rank: int, key: Any) -> str | None:
     # the wrapper is usable again once the model uses every parameter
     ddp(x, use_spare=True).sum().backward()
     return message
+
+
+def unused_on_one_rank(rank: int) -> None:
+    """Spawned (2 ranks): rank 1 skips the spare head, find_unused_parameters=False."""
+    torch.manual_seed(0)
+    ddp = ddp_mini.DistributedDataParallel(Net())
+    for _ in range(3):
+        ddp(torch.randn(4, 5), use_spare=rank == 0).sum().backward()

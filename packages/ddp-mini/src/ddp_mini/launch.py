@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import time
 import traceback
@@ -62,7 +63,9 @@ def _child(
             value = fn(rank, *args)
         finally:
             dist.destroy_process_group()
-        results.put((rank, True, value))
+        # plain pickle: torch's multiprocessing pickler would share tensor storage
+        # through file descriptors that die with this process
+        results.put((rank, True, pickle.dumps(value)))
     except BaseException:  # report everything, including SystemExit from fn
         results.put((rank, False, traceback.format_exc()))
         results.close()
@@ -149,7 +152,7 @@ def _collect(
     while len(values) + len(failures) < world_size:
         try:
             rank, ok, payload = results.get(timeout=0.05)
-            (values if ok else failures)[rank] = payload
+            (values if ok else failures)[rank] = pickle.loads(payload) if ok else payload
         except queue.Empty:
             pass
         now = time.monotonic()
@@ -159,7 +162,7 @@ def _collect(
                 try:  # a report may still be in the pipe behind the exit
                     while True:
                         r, ok, payload = results.get(timeout=0.2)
-                        (values if ok else failures)[r] = payload
+                        (values if ok else failures)[r] = pickle.loads(payload) if ok else payload
                 except queue.Empty:
                     pass
                 if rank not in values and rank not in failures:
