@@ -21,47 +21,81 @@ from torch import Tensor
 from .multi_tensor import increment_and_scalar_table
 
 
-def _adam_math(
+def _adam_math_one(
+    p: Tensor,  # theta_{t-1}, updated in place
+    g: Tensor,  # gradient, read only
+    m: Tensor,  # m_{t-1}, updated in place
+    v: Tensor,  # v_{t-1}, updated in place
+    v_max: Tensor | None,  # AMSGrad state or None
+    s: Tensor,  # (8,) float64, columns as in multi_tensor.SCALAR_COLUMNS
+    has_weight_decay: bool,
+    decoupled: bool,
+    maximize: bool,
+) -> None:
+    s = s.to(device=p.device, dtype=p.dtype)  # (8,) rounded to p's dtype like torch's scalars
+    if maximize:
+        g = -g
+    p_new = p
+    if has_weight_decay:
+        if decoupled:
+            p_new = p * s[0]  # theta * (1 - lr * lambda)
+        else:
+            g = g + s[1] * p  # g + lambda * theta
+    m_new = torch.lerp(m, g, s[2])  # m_t
+    v_new = v * s[3] + s[4] * (g * g)  # v_t
+    if v_max is not None:
+        v_for_denom = torch.maximum(v_max, v_new)  # AMSGrad: the denominator never shrinks
+        v_max.copy_(v_for_denom)
+    else:
+        v_for_denom = v_new
+    denom = v_for_denom.sqrt() / s[6] + s[7]  # sqrt(v_hat) + eps
+    p.copy_(p_new + s[5] * (m_new / denom))  # theta - step_size * m_hat / denom
+    m.copy_(m_new)
+    v.copy_(v_new)
+
+
+def _adam_math_group(
     params: list[Tensor],
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     max_exp_avg_sqs: list[Tensor],
-    scalars: Tensor,  # (n, 8) float64, columns as in multi_tensor.SCALAR_COLUMNS
+    scalars: Tensor,  # (n, 8) float64
     has_weight_decay: bool,
     decoupled: bool,
     amsgrad: bool,
     maximize: bool,
 ) -> None:
     for i in range(len(params)):
-        p, m, v = params[i], exp_avgs[i], exp_avg_sqs[i]
-        s = scalars[i].to(device=p.device, dtype=p.dtype)  # (8,) rounded like torch's scalars
-        g = -grads[i] if maximize else grads[i]
-        p_new = p
-        if has_weight_decay:
-            if decoupled:
-                p_new = p * s[0]  # theta * (1 - lr * lambda)
-            else:
-                g = g + s[1] * p  # g + lambda * theta
-        m_new = torch.lerp(m, g, s[2])  # m_t
-        v_new = v * s[3] + s[4] * (g * g)  # v_t
-        if amsgrad:
-            v_max = torch.maximum(max_exp_avg_sqs[i], v_new)
-            max_exp_avg_sqs[i].copy_(v_max)
-            v_new_for_denom = v_max
-        else:
-            v_new_for_denom = v_new
-        denom = v_new_for_denom.sqrt() / s[6] + s[7]  # sqrt(v_hat) + eps
-        p_new = p_new + s[5] * (m_new / denom)  # theta - step_size * m / denom
-        p.copy_(p_new)
-        m.copy_(m_new)
-        v.copy_(v_new)
+        _adam_math_one(
+            params[i],
+            grads[i],
+            exp_avgs[i],
+            exp_avg_sqs[i],
+            max_exp_avg_sqs[i] if amsgrad else None,
+            scalars[i],
+            has_weight_decay,
+            decoupled,
+            maximize,
+        )
+
+
+# A generous limit: each group (and each flag combination) is one cache entry.
+_RECOMPILE_LIMIT = 64
 
 
 @functools.cache
-def _compiled_math():
-    # Built on first use: importing the package must not touch the compiler.
-    return torch.compile(_adam_math, fullgraph=True, dynamic=False)
+def _compiled_group():
+    # Built on first use: importing the package must not touch the compiler. The whole
+    # group is one graph (fewest launches, least Python); specialised on its shapes.
+    return torch.compile(_adam_math_group, dynamic=False)
+
+
+@functools.cache
+def _compiled_one():
+    # Per tensor, shapes dynamic: used when only part of a group has gradients, so that
+    # every new subset does not cost a compilation of the whole group.
+    return torch.compile(_adam_math_one, dynamic=None)
 
 
 def compiled_update_group(
@@ -80,12 +114,16 @@ def compiled_update_group(
     decoupled: bool,
     amsgrad: bool,
     maximize: bool,
+    whole_group: bool = True,
 ) -> None:
     """:func:`adam_update` for a whole group as one ``torch.compile``-d function.
 
     The first call for a given set of shapes compiles (seconds to a minute on a small
-    CPU); later calls reuse the kernels. Equal to the reference to float rounding (the
-    compiler may fuse multiply-adds), exactly the same equations and order.
+    CPU); later calls reuse the kernels. ``whole_group=False`` (the optimizer passes it
+    when some parameters of the group have no gradient this step) compiles one
+    shape-generic per-tensor function instead, so changing subsets do not recompile.
+    Equal to the reference to float rounding (the compiler may fuse multiply-adds):
+    exactly the same equations in the same order.
     """
     if not params:
         return
@@ -93,15 +131,15 @@ def compiled_update_group(
         steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay
     )
     scalars = scalars.to(params[0].device)
-    _compiled_math()(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        scalars,
-        weight_decay != 0,
-        decoupled,
-        amsgrad,
-        maximize,
-    )
+    flags = (weight_decay != 0, decoupled)
+    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+        if whole_group:
+            _compiled_group()(
+                params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars,
+                *flags, amsgrad, maximize,
+            )  # fmt: skip
+        else:
+            one = _compiled_one()
+            for i, p in enumerate(params):
+                v_max = max_exp_avg_sqs[i] if amsgrad else None
+                one(p, grads[i], exp_avgs[i], exp_avg_sqs[i], v_max, scalars[i], *flags, maximize)

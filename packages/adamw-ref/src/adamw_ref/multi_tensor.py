@@ -52,6 +52,19 @@ def reference_update_group(
         )
 
 
+def _foreach_scale_(tensors: list[Tensor], factor: float) -> None:
+    """``t.mul_(factor)`` for every tensor, rounded exactly as the per-tensor op.
+
+    On the CPU ``_foreach_mul_(float16 tensors, python float)`` rounds differently from
+    ``mul_`` (1 ulp here and there); passing the factor as a 0-d float64 tensor takes
+    the same kernel as ``mul_``. Elsewhere the plain scalar overload is the fast one.
+    """
+    if all(t.device.type == "cpu" for t in tensors):
+        torch._foreach_mul_(tensors, torch.tensor(factor, dtype=torch.float64))
+    else:
+        torch._foreach_mul_(tensors, factor)
+
+
 def foreach_update_group(
     params: list[Tensor],
     grads: list[Tensor],
@@ -84,12 +97,12 @@ def foreach_update_group(
 
     if weight_decay != 0:
         if decoupled:
-            torch._foreach_mul_(params, 1 - lr * weight_decay)  # AdamW: shrink the weights
+            _foreach_scale_(params, 1 - lr * weight_decay)  # AdamW: shrink the weights
         else:
             grads = torch._foreach_add(grads, params, alpha=weight_decay)  # L2 into g
 
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)  # m_t
-    torch._foreach_mul_(exp_avg_sqs, beta2)  # v_t, first half
+    _foreach_scale_(exp_avg_sqs, beta2)  # v_t, first half
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)  # v_t, second half
 
     # Steps differ between tensors when some grads were None on earlier steps.

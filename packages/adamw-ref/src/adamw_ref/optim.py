@@ -262,7 +262,10 @@ class _AdamBase(torch.optim.Optimizer):
                 "amsgrad": amsgrad,
                 "maximize": bool(group["maximize"]),
             }
-            _impl_function(impl)(*lists, **hyper)
+            extra = {}
+            if impl == "compiled":  # a partial group takes the shape-generic compiled path
+                extra["whole_group"] = len(params) == len(group["params"])
+            _impl_function(impl)(*lists, **hyper, **extra)
             reference_update_group(*slow, **hyper)
         return loss
 

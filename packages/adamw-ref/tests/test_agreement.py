@@ -1,0 +1,64 @@
+"""Every impl equals torch.optim.Adam/AdamW(foreach=False) after hundreds of steps."""
+
+import pytest
+import torch
+from helpers import assert_close_params, make_pair, run_pair
+
+CONFIGS = [
+    pytest.param("AdamW", {}, id="adamw"),
+    pytest.param("Adam", {"weight_decay": 0.05}, id="adam-l2"),
+    pytest.param("AdamW", {"amsgrad": True, "maximize": True}, id="adamw-amsgrad-maximize"),
+    pytest.param("Adam", {"amsgrad": True}, id="adam-amsgrad-nodecay"),
+]
+DTYPES = [torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("cls_name", "hyper"), CONFIGS)
+@pytest.mark.parametrize("impl", ["reference", "foreach", "auto"])
+def test_eager_impls_match_torch_for_300_steps(impl, cls_name, hyper, dtype):
+    ours, ps, peer, qs = make_pair(cls_name, impl, dtype, **hyper)
+    run_pair(ours, ps, peer, qs, steps=300, lr_change_at=150)
+    assert_close_params(ps, qs, dtype, "reference")
+    # the moments too, not only the parameters
+    for p, q in zip(ps, qs, strict=True):
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(ours.state[p][key], peer.state[q][key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("cls_name", "hyper"), CONFIGS)
+def test_triton_matches_torch_for_200_steps(cls_name, hyper, dtype):
+    pytest.importorskip("triton")
+    ours, ps, peer, qs = make_pair(cls_name, "triton", dtype, **hyper)
+    run_pair(ours, ps, peer, qs, steps=200, lr_change_at=100)
+    assert_close_params(ps, qs, dtype, "triton")
+
+
+def test_compiled_matches_torch_float32():
+    # One compilation: every grad present, one group (the matrix below is marked slow).
+    torch.manual_seed(0)
+    p = torch.randn(37, 5, requires_grad=True)
+    q = p.detach().clone().requires_grad_()
+    import adamw_ref
+
+    ours = adamw_ref.AdamW([p], lr=1e-2, amsgrad=True, impl="compiled")
+    peer = torch.optim.AdamW([q], lr=1e-2, amsgrad=True, foreach=False)
+    for step in range(200):
+        g = torch.randn_like(p)
+        p.grad, q.grad = g.clone(), g.clone()
+        if step == 100:
+            ours.param_groups[0]["lr"] = peer.param_groups[0]["lr"] = 3e-3
+        ours.step()
+        peer.step()
+    assert_close_params([p], [q], torch.float32, "compiled")
+    torch.testing.assert_close(ours.state[p]["exp_avg_sq"], peer.state[q]["exp_avg_sq"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("cls_name", "hyper"), CONFIGS)
+def test_compiled_matches_torch_full_matrix(cls_name, hyper, dtype):
+    ours, ps, peer, qs = make_pair(cls_name, "compiled", dtype, **hyper)
+    run_pair(ours, ps, peer, qs, steps=200, lr_change_at=100)
+    assert_close_params(ps, qs, dtype, "compiled")
