@@ -189,6 +189,7 @@ def docs(session: nox.Session) -> None:
         "-d",
         str(ROOT / "docs" / "site"),
         *session.posargs,
+        env={"NO_MKDOCS_2_WARNING": "1"},
     )
 
 
