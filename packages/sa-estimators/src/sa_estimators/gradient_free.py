@@ -91,7 +91,13 @@ def kiefer_wolfowitz(
         n_iter: iterations (2 d evaluations of ``f`` each).
         a: gain: a float means a / k (``harmonic_step(a)``), or any :class:`StepSize`.
         c: perturbation: a float means c / k^(1/6), or any :class:`StepSize`.
-        average, callback, trajectory: as in :func:`robbins_monro`.
+        average: also return the Polyak-Ruppert average (as in :func:`robbins_monro`).
+        callback: ``callback(k, w)`` after every iteration; returning ``True`` stops.
+        trajectory: keep the iterate at this many log-spaced iterations (0: none).
+
+    Returns:
+        :class:`SAResult` with ``n_evals = 2 d n_iter``.
+        Reference: Kiefer & Wolfowitz (1952).
     """
     gains = harmonic_step(positive_float(a, "a")) if not isinstance(a, StepSize) else a
     widths = _gain(c, "c", 1.0 / 6.0)
@@ -139,12 +145,18 @@ def spsa(
         f: noisy objective, called with a float or a float64 (d,) array; real scalar out.
         w0: starting point, scalar or 1-D.
         n_iter: iterations (2 evaluations of ``f`` each).
-        a, c: gain and perturbation scales (c about the noise s.d. of f, per Spall).
+        a: gain scale.
+        c: perturbation scale (about the noise s.d. of f, per Spall).
         A: stability offset of the gain; default 10% of ``n_iter`` (Spall's rule).
-        alpha, gamma: decay exponents; Spall's practical 0.602 and 0.101 by default
-            (asymptotically optimal: 1 and 1/6).
+        alpha: gain decay exponent (Spall's practical 0.602; asymptotically optimal 1).
+        gamma: perturbation decay exponent (0.101; asymptotically optimal 1/6).
         seed: seed or Generator for the perturbations.
-        average, callback, trajectory: as in :func:`robbins_monro`.
+        average: also return the Polyak-Ruppert average (as in :func:`robbins_monro`).
+        callback: ``callback(k, w)`` after every iteration; returning ``True`` stops.
+        trajectory: keep the iterate at this many log-spaced iterations (0: none).
+
+    Returns:
+        :class:`SAResult` with ``n_evals = 2 n_iter``. Reference: Spall (1992, 1998).
     """
     a = positive_float(a, "a")
     c = positive_float(c, "c")

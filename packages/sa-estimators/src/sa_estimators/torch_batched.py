@@ -92,8 +92,9 @@ class BatchedStreamingQuantile:
         num_streams: d, the number of columns of every batch.
         init_size: warm-up rows; until then :attr:`quantile` is ``torch.quantile`` of them.
         bandwidth: window width at k = 1 in units of each stream's warm-up scale.
-        device, dtype: where and in which precision the state lives (default: float64 on
-            the device of the first batch). Batches are cast to this dtype.
+        device: where the state lives (default: the device of the first batch).
+        dtype: the state's precision, ``torch.float32`` or ``torch.float64`` (default);
+            batches are cast to it.
 
     Column j follows exactly the recursion of :class:`~sa_estimators.StreamingQuantile`
     fed the same batches (equal to ~1e-12 in float64).
