@@ -62,3 +62,23 @@ def test_compiled_matches_torch_full_matrix(cls_name, hyper, dtype):
     ours, ps, peer, qs = make_pair(cls_name, "compiled", dtype, **hyper)
     run_pair(ours, ps, peer, qs, steps=200, lr_change_at=100)
     assert_close_params(ps, qs, dtype, "compiled")
+
+
+def test_compiled_partial_group_uses_the_per_tensor_path():
+    # Some grads None: the shape-generic per-tensor compiled function; float64. Equal
+    # shapes keep it to one compilation (the slow matrix covers mixed shapes).
+    import adamw_ref
+
+    gen = torch.Generator().manual_seed(2)
+    ps = [torch.randn(s, generator=gen, dtype=torch.float64).requires_grad_() for s in (13, 13)]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    ours = adamw_ref.Adam(ps, lr=1e-2, weight_decay=0.1, impl="compiled")
+    peer = torch.optim.Adam(qs, lr=1e-2, weight_decay=0.1, foreach=False)
+    for step in range(60):
+        for i, (p, q) in enumerate(zip(ps, qs, strict=True)):
+            g = None if (step + i) % 3 == 0 else torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            p.grad = None if g is None else g.clone()
+            q.grad = None if g is None else g.clone()
+        ours.step()
+        peer.step()
+    assert_close_params(ps, qs, torch.float64, "compiled")
