@@ -25,6 +25,7 @@ SIZES = harness.pick(cpu=[(10_000_000, 100)], gpu=[(10_000_000, 100), (100_000_0
 DTYPES = harness.pick(cpu=["float32", "bfloat16"], gpu=["float32", "bfloat16", "float16"])
 DEVICE = harness.device()
 HAS_TRITON = importlib.util.find_spec("triton") is not None
+ROUNDS = harness.pick(cpu=15, gpu=None)  # fixed on the CPU: the preset must stay short
 
 KERNEL_IMPLS = ["foreach", "triton", "auto", "torch._amp_foreach_non_finite_check_and_unscale_"]
 KERNEL_PEER = "torch._amp_foreach_non_finite_check_and_unscale_"
@@ -63,6 +64,7 @@ def test_unscale_and_check(benchmark, impl, total, count, dtype):
         dtype=dtype, params=_params(numel, count, dtype), device=DEVICE,
         work=numel, work_unit="grad",
         bytes=2 * numel * grads[0].element_size(),  # read + write every gradient
+        rounds=ROUNDS,
     )  # fmt: skip
     assert found.item() == 0.0  # the check ran on finite gradients only
 
@@ -96,6 +98,6 @@ def test_grad_scaler_unscale(benchmark, impl, total, count):
         package=PACKAGE, case="grad_scaler_unscale_", impl=impl,
         peer="" if impl == "torch.amp.GradScaler" else "torch.amp.GradScaler",
         dtype="float32", params=_params(numel, count, "float32"), device=DEVICE,
-        work=numel, work_unit="grad", bytes=8 * numel,
+        work=numel, work_unit="grad", bytes=8 * numel, rounds=ROUNDS,
     )  # fmt: skip
     assert all(torch.isfinite(p.grad).all() for p in params[:3])
