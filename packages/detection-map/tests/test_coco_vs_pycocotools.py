@@ -41,6 +41,7 @@ CUSTOM = [
     {"iou_thresholds": [0.1, 0.33, 0.5, 0.75, 0.9]},
     {"iou_thresholds": [0.0, 0.42, 1.0]},  # 0 matches anything; 1 is clamped to 1 - 1e-10
     {"iou_thresholds": [0.6]},  # no 0.5 / 0.75: those stats are -1
+    {"iou_thresholds": [0.75, 0.5, 0.6]},  # unsorted is allowed, as in pycocotools
     {"rec_thresholds": np.linspace(0, 1, 11)},
     {"rec_thresholds": [0.0, 0.05, 0.3, 0.3, 0.999]},
     {"max_dets": (1, 5, 20)},  # no maxDets=100: stats[0] is -1, as in pycocotools
@@ -153,10 +154,13 @@ def test_dataframe_and_summary():
     assert lines[0].endswith(f"= {res.stats[0]:0.3f}")
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_faster_coco_eval_agrees(seed):
+@pytest.mark.parametrize(
+    "seed,kw",
+    [(0, {"score_decimals": None}), (1, {}), (2, {"score_decimals": 1, "crowd_fraction": 0.2})],
+)
+def test_faster_coco_eval_agrees(seed, kw):
     pytest.importorskip("faster_coco_eval")
-    gt, dt = dm.synthetic_coco(37, 6, 30.0, seed=seed, score_decimals=None)
+    gt, dt = dm.synthetic_coco(37, 6, 30.0, seed=seed, **kw)
     ours = dm.evaluate_coco(gt, dt)
     peer = faster_coco_eval(gt, dt)
     np.testing.assert_allclose(ours.stats, peer.stats, rtol=0, atol=1e-12)
