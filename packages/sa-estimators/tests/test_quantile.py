@@ -100,6 +100,17 @@ def test_warm_up_is_exact(rng, n):
     assert math.isnan(sa.StreamingQuantile(0.5).quantile)
 
 
+def test_reused_caller_buffer_does_not_corrupt_the_warm_up(rng):
+    x = rng.standard_normal(300)
+    buf = np.empty(100)
+    est = sa.StreamingQuantile(0.5)
+    for i in range(0, 200, 100):  # two batches, still in the warm-up (init_size 256)
+        buf[:] = x[i : i + 100]
+        est.update(buf)
+    buf[:] = 1e9  # the caller scribbles over its buffer
+    assert est.quantile == np.quantile(x[:200], 0.5)
+
+
 def test_constant_step_tracks_a_drifting_quantile(rng):
     x = np.concatenate([rng.standard_normal(20_000), 5 + rng.standard_normal(20_000)])
     tracker = feed_chunks(sa.StreamingQuantile(0.5, step_size=sa.constant_step(0.01)), x, 100)

@@ -47,6 +47,17 @@ def test_warm_up_is_exact(rng):
     assert torch.isnan(sa.BatchedStreamingQuantile(0.3, 2).quantile).all()
 
 
+def test_reused_caller_buffer_does_not_corrupt_the_warm_up(rng):
+    x = torch.from_numpy(rng.standard_normal((20, 3)))
+    buf = torch.empty(10, 3, dtype=torch.float64)
+    est = sa.BatchedStreamingQuantile(0.5, 3)
+    for chunk in x.split(10):
+        buf.copy_(chunk)
+        est.update(buf)
+    buf.fill_(1e9)
+    torch.testing.assert_close(est.quantile, torch.quantile(x, 0.5, dim=0))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_batched_mean_is_exact(rng, device):
     x = 1e8 + rng.standard_normal((30_011, 5))

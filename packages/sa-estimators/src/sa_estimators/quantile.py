@@ -136,7 +136,7 @@ class StreamingQuantile:
 
     def _fold(self, x: np.ndarray) -> None:
         if self._count == 0:
-            self._warmup.append(x)
+            self._warmup.append(x.copy())  # kept: the caller may reuse its buffer
             if sum(b.size for b in self._warmup) >= self.init_size:
                 self._initialise(np.concatenate(self._warmup))
                 self._warmup.clear()

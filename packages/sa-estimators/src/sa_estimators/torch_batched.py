@@ -139,7 +139,7 @@ class BatchedStreamingQuantile:
             self.device = x.device
         x = x.to(self.device, self.dtype)
         if self._count == 0:
-            self._warmup.append(x)
+            self._warmup.append(x.clone())  # kept: the caller may reuse its buffer
             if sum(b.shape[0] for b in self._warmup) >= self.init_size:
                 self._initialise(_torch().cat(self._warmup))
                 self._warmup.clear()
