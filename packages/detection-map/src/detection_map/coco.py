@@ -252,21 +252,22 @@ def accumulate(gt, dt, matches, iou_thr, rec_thr, ranges, max_dets):
     order = np.lexsort((d_rank, d_img, -d_score, d_cat))
     bounds = np.searchsorted(d_cat[order], np.arange(K + 1))
     di, d_score, d_rank = di[order], d_score[order], d_rank[order]  # categories contiguous
-    matched_gt = matches.matched_gt[:, :, order]  # (A, T, D)
 
-    matched = matched_gt >= 0
+    # What each (area, threshold, detection) is, through one lookup on the matched gt:
+    # 1 true positive, 2 ignored (matched an ignored gt), 0 unmatched. Column N is a
+    # sentinel that the -1 of an unmatched detection reads. pycocotools stores the
+    # matched gt *id* and tests it for truthiness, so a match with a gt whose id is 0
+    # counts as no match (0, or 2 if that gt is ignored). Reproduced on purpose.
     N = len(gt.ann_ids)
-    gid = np.where(matched, matched_gt, N)  # N: a sentinel past the last gt
-    # pycocotools stores the matched gt *id* and tests it for truthiness: a match with a
-    # ground truth whose id is 0 counts as no match. Reproduced on purpose.
-    dtm = np.r_[gt.ann_ids != 0, False][gid]  # (A, T, D)
-    ig_ext = np.concatenate([matches.gt_ignore, np.zeros((A, 1), bool)], axis=1)  # (A, N+1)
-    gt_ig = ig_ext[np.arange(A)[:, None, None], gid]  # (A, T, D)
+    lut = np.zeros((A, N + 1), dtype=np.uint8)
+    lut[:, :N] = np.where(matches.gt_ignore, 2, (gt.ann_ids != 0).astype(np.uint8))
+    kind = lut[np.arange(A)[:, None, None], matches.matched_gt]  # (A, T, D), match order
+    kind = np.take(kind, order, axis=2)  # merged score order
     d_area = dt.area[di]
     d_out = (d_area[None, :] < ranges[:, :1]) | (d_area[None, :] > ranges[:, 1:])  # (A, D)
-    dt_ig = gt_ig | (~dtm & d_out[:, None, :])  # (A, T, D)
-    tps = dtm & ~dt_ig
-    fps = ~dtm & ~dt_ig
+    tps = kind == 1
+    # unmatched detections outside the area range are ignored, the others are FPs
+    fps = (kind == 0) & ~d_out[:, None, :]
 
     # regular (non-ignored) ground truths per category and area range
     npig = np.stack(
@@ -291,8 +292,9 @@ def accumulate(gt, dt, matches, iou_thr, rec_thr, ranges, max_dets):
                 continue
             previous = (m, n)
             every = n == len(rank_k)
-            tp_k = tps[:, :, cat][areas]  # slice first (a view), then pick the areas
-            fp_k = fps[:, :, cat][areas]
+            tp_k, fp_k = tps[:, :, cat], fps[:, :, cat]  # views
+            if len(areas) < A:
+                tp_k, fp_k = tp_k[areas], fp_k[areas]
             if not every:
                 tp_k, fp_k = tp_k[:, :, keep], fp_k[:, :, keep]
             s_k = d_score[cat][keep]
@@ -328,9 +330,11 @@ def _curves(tp_bool, fp_bool, scores_sorted, npig, j):
     if n == 0:
         return np.zeros((a_n, T, R)), np.zeros((a_n, T, R)), np.zeros((a_n, T))
     # counts in int32 (far faster than numpy's default int64 cumsum of bools), exact
-    tp = np.cumsum(tp_bool, axis=2, dtype=np.int32).astype(np.float64)  # (a, T, n)
-    fp = np.cumsum(fp_bool, axis=2, dtype=np.int32).astype(np.float64)
-    pr = tp / (fp + tp + np.spacing(1))  # same expression as pycocotools
+    tp_count = np.cumsum(tp_bool, axis=2, dtype=np.int32)  # (a, T, n)
+    fp_count = np.cumsum(fp_bool, axis=2, dtype=np.int32)
+    tp = tp_count.astype(np.float64)
+    # pycocotools' tp / (fp + tp + eps); the integer sum converts to the same float
+    pr = tp / ((fp_count + tp_count) + np.spacing(1))
     recall = tp[:, :, -1] / npig[:, None].astype(np.float64)  # (a, T)
 
     # left searchsorted of every recall threshold in every (a, t) row, in one call: the
