@@ -50,7 +50,7 @@ def rotary_cos_sin(
     """cos and sin tables ``(L, head_dim)`` for integer ``positions`` ``(L,)``.
 
     Frequencies ``theta ** (-2j / head_dim)`` for ``j < head_dim / 2``, each used twice
-    (the "rotate half" layout of GPT-NeoX and Llama).
+    (the "rotate half" layout of GPT-NeoX and Llama); angles computed in float64.
     """
     inv_freq = theta ** (
         -torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float64) / head_dim
@@ -58,6 +58,27 @@ def rotary_cos_sin(
     angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (L, hd/2)
     angles = torch.cat((angles, angles), dim=-1)  # (L, hd)
     return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+class RotaryTable:
+    """cos/sin rows for positions 0..n-1, grown by doubling; decoding reads slices of it
+    instead of recomputing the trigonometry at every step."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        self.head_dim, self.theta = head_dim, theta
+        self.cos: torch.Tensor | None = None
+        self.sin: torch.Tensor | None = None
+
+    def get(self, start: int, length: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = start + length
+        cos = self.cos
+        stale = cos is None or cos.dtype != like.dtype or cos.device != like.device
+        if stale or cos.shape[0] < end:
+            n = max(64, 1 << (end - 1).bit_length())
+            positions = torch.arange(n, device=like.device)
+            self.cos, self.sin = rotary_cos_sin(positions, self.head_dim, self.theta, like.dtype)
+        assert self.cos is not None and self.sin is not None
+        return self.cos[start:end], self.sin[start:end]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -83,6 +104,7 @@ class CausalSelfAttention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, nkv * hd, bias=False)
         self.v_proj = nn.Linear(cfg.hidden_size, nkv * hd, bias=False)
         self.o_proj = nn.Linear(nh * hd, cfg.hidden_size, bias=False)
+        self.rotary = RotaryTable(hd, cfg.rope_theta)
 
     def forward(
         self,
@@ -100,19 +122,20 @@ class CausalSelfAttention(nn.Module):
         q = self.q_proj(x).view(B, L, nh, hd).transpose(1, 2)  # (B, nh, L, hd)
         k = self.k_proj(x).view(B, L, nkv, hd).transpose(1, 2)  # (B, nkv, L, hd)
         v = self.v_proj(x).view(B, L, nkv, hd).transpose(1, 2)  # (B, nkv, L, hd)
-        positions = torch.arange(start, start + L, device=x.device)
-        cos, sin = rotary_cos_sin(positions, hd, self.cfg.rope_theta, x.dtype)
+        cos, sin = self.rotary.get(start, L, x)  # (L, hd) each
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         new_kv = (k, v)
         if past is not None and past[0].shape[-2] > 0:
             k = torch.cat((past[0], k), dim=-2)  # (B, nkv, start+L, hd)
             v = torch.cat((past[1], v), dim=-2)
-        groups = nh // nkv
-        k = k.repeat_interleave(groups, dim=1)  # (B, nh, S, hd)
-        v = v.repeat_interleave(groups, dim=1)
+        if nh != nkv:  # query head h reads key/value head h // (nh / nkv), as in Llama
+            k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hd)
+            v = v.repeat_interleave(nh // nkv, dim=1)
         S = k.shape[-2]
         if S == L:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif L == 1:  # one query after the cache: it sees every key
+            y = F.scaled_dot_product_attention(q, k, v)
         else:
             # Queries sit at the end of the key range: a bottom-right aligned causal mask.
             q_pos = torch.arange(S - L, S, device=x.device)[:, None]

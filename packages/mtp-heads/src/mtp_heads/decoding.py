@@ -195,9 +195,10 @@ def speculative_generate(
             if greedy:
                 predicted = logits.argmax(-1)  # (n+1,) main model's token after each
                 a = 0
-                while a < n and int(drafts[a]) == int(predicted[a]):
-                    a += 1
-                new = torch.cat([*(d.view(1) for d in drafts[:a]), predicted[a].view(1)])
+                if n:  # length of the agreeing prefix, with a single device sync
+                    agree = torch.cat(drafts).to(predicted.device) == predicted[:n]
+                    a = int(agree.long().cumprod(0).sum())
+                new = torch.cat([chunk[0, 1 : a + 1], predicted[a].view(1)])
             else:
                 new, a = _speculative_accept(logits, drafts, draft_probs, temperature, generator)
             for k in range(n):
