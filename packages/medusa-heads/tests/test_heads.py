@@ -127,3 +127,13 @@ def test_loss_rejects_bad_labels_and_decay():
         heads.loss(hidden[:, :4], torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="decay"):
         heads.loss(hidden, torch.zeros(2, 8, dtype=torch.long), decay=0.0)
+
+
+@pytest.mark.parametrize("num_layers,first", [(0, 3), (1, 1), (2, 3)])
+def test_decode_fast_path_matches_forward(num_layers, first):
+    heads = random_heads(num_heads=3, num_layers=num_layers, seed=4)
+    hidden = torch.randn(HIDDEN)
+    fast = MedusaHeads.decode_logits(hidden, heads.stacked_weights(), first)
+    torch.testing.assert_close(
+        fast, heads(hidden.view(1, 1, -1))[:first, 0, 0], atol=1e-5, rtol=1e-5
+    )

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .acceptance import accept_greedy, accept_typical
+from .acceptance import accept_greedy_fast, accept_typical
 from .heads import MedusaHeads
 from .kv_cache import (
     cache_keyword,
@@ -279,6 +279,10 @@ def generate(
     offsets = tree.position_offsets.to(device)  # (N,)
     candidate_indices = tree.candidate_indices.to(device)  # (N,)
     retrieve = tree.retrieve_indices.to(device)  # (P, D+1)
+    child_nodes = retrieve[:, 1:].clamp(min=0)  # (P, D)
+    parent_nodes = retrieve[:, :-1].clamp(min=0)  # (P, D)
+    valid_nodes = retrieve[:, 1:] >= 0  # (P, D)
+    head_weights = heads.stacked_weights()
     num_nodes = tree.num_nodes
 
     cache = new_cache(model)
@@ -316,7 +320,7 @@ def generate(
     accepted_candidates: list[int] = []
     start = time.perf_counter()
     while num_emitted < max_new_tokens and not done:
-        head_logits = heads(head_input.view(1, 1, -1))[: tree.depth, 0, 0]  # (D, V)
+        head_logits = heads.decode_logits(head_input, head_weights, tree.depth)  # (D, V)
         head_topk = head_logits.topk(tree.topk, dim=-1).indices  # (D, K)
         flat = torch.cat([root, head_topk.flatten()])  # (1 + D*K,)
         node_tokens = flat[candidate_indices]  # (N,)
@@ -326,8 +330,10 @@ def generate(
             model, node_tokens.unsqueeze(0), cache, cache_kw,
             position_ids=positions, attention_mask=mask,
         )  # fmt: skip  # (N, V), (N, hidden)
-        if acceptance == "greedy" or not sampling:
-            path, accepted = accept_greedy(node_tokens, logits, retrieve)
+        if not sampling:
+            path, accepted = accept_greedy_fast(
+                node_tokens, logits, child_nodes, parent_nodes, valid_nodes
+            )
         else:
             path, accepted = accept_typical(
                 node_tokens, logits, retrieve, temperature, posterior_threshold, posterior_alpha

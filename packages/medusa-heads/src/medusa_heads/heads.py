@@ -126,6 +126,37 @@ class MedusaHeads(nn.Module):
         x = hidden_states.to(self.heads[0][-1].weight.dtype)  # (B, T, hidden)
         return torch.stack([head(x) for head in self.heads])  # (H, B, T, V)
 
+    @torch.no_grad()
+    def stacked_weights(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """All heads' weights stacked along a leading head axis, for :meth:`decode_logits`:
+        ``([(W (H, hidden, hidden), b (H, 1, hidden)) per layer], W_out (H, hidden, V))``
+        (weights transposed so that ``x @ W`` applies them)."""
+        blocks = [
+            (
+                torch.stack([head[i].linear.weight.T for head in self.heads]),
+                torch.stack([head[i].linear.bias for head in self.heads]).unsqueeze(1),
+            )
+            for i in range(self.num_layers)
+        ]
+        out = torch.stack([head[-1].weight.T for head in self.heads])  # (H, hidden, V)
+        return blocks, out
+
+    @staticmethod
+    def decode_logits(
+        hidden: torch.Tensor,
+        weights: tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor],
+        num_heads: int,
+    ) -> torch.Tensor:
+        """Fast path of ``forward`` for one hidden vector: ``(hidden,)`` -> ``(H', V)``
+        logits of the first ``H' = num_heads`` heads, with every head in one batched
+        matmul per layer (``weights`` from :meth:`stacked_weights`). Same maths as
+        ``forward(hidden.view(1, 1, -1))[:H', 0, 0]``."""
+        blocks, out = weights
+        x = hidden.to(out.dtype).expand(num_heads, 1, -1)  # (H', 1, hidden)
+        for w, b in blocks:
+            x = x + F.silu(torch.baddbmm(b[:num_heads], x, w[:num_heads]))  # (H', 1, hidden)
+        return torch.bmm(x, out[:num_heads]).squeeze(1)  # (H', V)
+
     def loss(
         self,
         hidden_states: torch.Tensor,
