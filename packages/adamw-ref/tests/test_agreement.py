@@ -36,7 +36,7 @@ def test_triton_matches_torch_for_200_steps(cls_name, hyper, dtype):
 
 
 def test_compiled_matches_torch_float32():
-    # One compilation: every grad present, one group (the matrix below is marked slow).
+    # One compilation (float32, AdamW + amsgrad); the full matrix below is marked slow.
     torch.manual_seed(0)
     p = torch.randn(37, 5, requires_grad=True)
     q = p.detach().clone().requires_grad_()
@@ -64,9 +64,8 @@ def test_compiled_matches_torch_full_matrix(cls_name, hyper, dtype):
     assert_close_params(ps, qs, dtype, "compiled")
 
 
-def test_compiled_partial_group_uses_the_per_tensor_path():
-    # Some grads None: the shape-generic per-tensor compiled function; float64. Equal
-    # shapes keep it to one compilation (the slow matrix covers mixed shapes).
+def test_compiled_skips_params_without_grad_float64():
+    # Some grads None on some steps; float64 (the slow matrix covers the rest).
     import adamw_ref
 
     gen = torch.Generator().manual_seed(2)

@@ -262,10 +262,7 @@ class _AdamBase(torch.optim.Optimizer):
                 "amsgrad": amsgrad,
                 "maximize": bool(group["maximize"]),
             }
-            extra = {}
-            if impl == "compiled":  # a partial group takes the shape-generic compiled path
-                extra["whole_group"] = len(params) == len(group["params"])
-            _impl_function(impl)(*lists, **hyper, **extra)
+            _impl_function(impl)(*lists, **hyper)
             reference_update_group(*slow, **hyper)
         return loss
 
