@@ -177,7 +177,8 @@ class TiledAttention(torch.autograd.Function):
         nheads_k = k.shape[2]
         group = nheads // nheads_k
         qg = q.transpose(1, 2).reshape(b, nheads_k, group, seqlen_q, d)  # a view: H splits
-        kh, vh = k.transpose(1, 2), v.transpose(1, 2)  # (B, Hk, Sk, D) views
+        # one O(N) copy to head-major rows: every tile matmul then reads contiguous memory
+        kh, vh = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()  # (B, Hk, Sk, D)
         mask = _group_mask(attn_mask, nheads_k, group)
         out, lse = tiled_forward(qg, kh, vh, scale, band, mask, block_q, block_k)
         ctx.save_for_backward(q, k, v, out, lse, attn_mask)
@@ -190,6 +191,7 @@ class TiledAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_lse):  # type: ignore[override]
         q, k, v, out, lse, attn_mask = ctx.saved_tensors
+        kh, vh = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()  # (B, Hk, Sk, D)
         b, seqlen_q, nheads, d = q.shape
         nheads_k = k.shape[2]
         group = nheads // nheads_k
@@ -199,8 +201,8 @@ class TiledAttention(torch.autograd.Function):
         dq, dk, dv = tiled_backward(
             dog,
             qg,
-            k.transpose(1, 2),
-            v.transpose(1, 2),
+            kh,
+            vh,
             out,
             lse,
             ctx.scale,

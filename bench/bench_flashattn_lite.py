@@ -1,0 +1,206 @@
+"""flashattn-lite: tiled exact attention vs torch's scaled_dot_product_attention.
+
+CPU (cpu preset): the tiled PyTorch backend against ``F.scaled_dot_product_attention``
+(which has its own CPU flash kernel) and against naive materialised attention, float32,
+batch 1, 8 heads, head dim 64. GPU (gpu preset): the Triton kernels against SDPA's
+flash and cuDNN backends in bfloat16, batch x seqlen = 16k, 2048 model width.
+
+Each row also records the peak extra memory of one call in ``extra_info`` as
+``peak_mem_bytes`` (CUDA: the allocator's peak; CPU: the growth of peak RSS in a fresh
+subprocess, measured once at the largest size of the preset).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import harness
+
+flashattn_lite = pytest.importorskip("flashattn_lite")
+
+PACKAGE = "flashattn-lite"
+DEVICE = harness.device()
+ON_CUDA = DEVICE == "cuda"
+DTYPE = "bfloat16" if ON_CUDA else "float32"
+OURS = "flashattn_lite.triton" if ON_CUDA else "flashattn_lite.torch"
+PEER = "F.sdpa[flash]" if ON_CUDA else "F.sdpa"
+IMPLS = harness.pick(cpu=[OURS, PEER, "naive"], gpu=[OURS, PEER, "F.sdpa[cudnn]"])
+# (batch, nheads, seqlen, head_dim, causal)
+FWD_SHAPES = harness.pick(
+    cpu=[(1, 8, 1024, 64, False), (1, 8, 2048, 64, False)],
+    gpu=[
+        (16384 // s, 2048 // d, s, d, c)
+        for d in (64, 128)
+        for s in (1024, 4096, 16384)
+        for c in (False, True)
+    ],
+)
+FWD_BWD_SHAPES = harness.pick(cpu=[(1, 8, 1024, 64, False)], gpu=FWD_SHAPES)
+ROUNDS = harness.pick(cpu=3, gpu=None)
+MEMORY_AT = {  # the CPU measures memory in a subprocess: only at the largest size
+    "attn_fwd": max(s[2] for s in FWD_SHAPES),
+    "attn_fwd_bwd": max(s[2] for s in FWD_BWD_SHAPES),
+}
+
+
+def build_call(impl: str, shape: tuple, backward: bool, device: str, dtype: str):
+    """A no-argument callable running one forward (and backward) of ``impl``."""
+    batch, nheads, seqlen, head_dim, causal = shape
+    gen = torch.Generator().manual_seed(0)
+    dt = getattr(torch, dtype)
+
+    def rand(*size):
+        return (
+            torch.randn(*size, generator=gen).to(device=device, dtype=dt).requires_grad_(backward)
+        )
+
+    # ours takes flash layout (B, S, H, D); SDPA and naive take (B, H, S, D)
+    flash_layout = impl.startswith("flashattn_lite")
+    size = (batch, seqlen, nheads, head_dim) if flash_layout else (batch, nheads, seqlen, head_dim)
+    q, k, v, grad = rand(*size), rand(*size), rand(*size), rand(*size).detach()
+
+    if flash_layout:
+        backend = impl.split(".")[1]
+        attend = lambda: flashattn_lite.flash_attn_func(q, k, v, causal=causal, backend=backend)
+    elif impl == "naive":
+        scale = head_dim**-0.5
+
+        def attend():
+            scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, S, S): the whole matrix
+            if causal:
+                scores = scores.masked_fill(
+                    torch.ones_like(scores, dtype=torch.bool).triu(1), -torch.inf
+                )
+            return torch.softmax(scores, dim=-1) @ v
+    else:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        kernels = {
+            "F.sdpa": None,
+            "F.sdpa[flash]": SDPBackend.FLASH_ATTENTION,
+            "F.sdpa[cudnn]": SDPBackend.CUDNN_ATTENTION,
+        }[impl]
+
+        def attend():
+            if kernels is None:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            with sdpa_kernel(kernels):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    if not backward:
+
+        def call():
+            with torch.no_grad():
+                return attend()
+
+        return call
+    return lambda: torch.autograd.grad(attend(), (q, k, v), grad)
+
+
+# VmHWM (the peak RSS of this address space) rather than ru_maxrss, which a child
+# inherits from the process that spawned it
+_MEMORY_SCRIPT = """
+import json, sys
+sys.path.insert(0, {bench_dir!r})
+import bench_flashattn_lite as b
+
+def peak_kib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+
+fn = b.build_call({impl!r}, tuple({shape!r}), {backward!r}, "cpu", "float32")
+before = peak_kib()
+fn()
+print(json.dumps({{"before_kib": before, "after_kib": peak_kib()}}))
+"""
+
+
+def peak_memory_bytes(impl: str, shape: tuple, backward: bool) -> int | None:
+    """Extra peak memory of one call beyond its inputs (and beyond the warm-up call)."""
+    if ON_CUDA:
+        call = build_call(impl, shape, backward, DEVICE, DTYPE)
+        call()
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        call()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    # peak RSS never goes down, so each measurement needs a fresh process that has built
+    # the inputs and then runs exactly one call
+    bench_dir = os.path.dirname(os.path.abspath(__file__))
+    script = _MEMORY_SCRIPT.format(
+        bench_dir=bench_dir, impl=impl, shape=list(shape), backward=backward
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    if result.returncode != 0 or not os.path.exists("/proc/self/status"):
+        return None
+    rss = json.loads(result.stdout.strip().splitlines()[-1])
+    return 1024 * (rss["after_kib"] - rss["before_kib"])
+
+
+def _flops(shape: tuple, backward: bool) -> float:
+    batch, nheads, seqlen, head_dim, causal = shape
+    forward = 4 * batch * nheads * seqlen * seqlen * head_dim / (2 if causal else 1)
+    return forward * (3.5 if backward else 1.0)  # backward does 2.5x the forward's matmuls
+
+
+def _run(benchmark, impl: str, shape: tuple, case: str, backward: bool) -> None:
+    if impl == "flashattn_lite.triton" and not ON_CUDA:
+        pytest.skip("the Triton kernels are timed on CUDA only")
+    if impl.startswith("F.sdpa[") and not ON_CUDA:
+        pytest.skip("SDPA backend selection is timed on CUDA only")
+    batch, nheads, seqlen, head_dim, causal = shape
+    call = build_call(impl, shape, backward, DEVICE, DTYPE)
+    harness.measure(
+        benchmark,
+        call,
+        package=PACKAGE,
+        case=case,
+        impl=impl,
+        peer="" if impl != OURS else PEER,
+        dtype=DTYPE,
+        params={
+            "batch": batch,
+            "nheads": nheads,
+            "seqlen": seqlen,
+            "head_dim": head_dim,
+            "causal": causal,
+        },
+        device=DEVICE,
+        work=batch * seqlen,
+        work_unit="token",
+        flops=_flops(shape, backward),
+        rounds=ROUNDS,
+        warmup=1,
+    )
+    if ON_CUDA or seqlen == MEMORY_AT[case]:
+        peak = peak_memory_bytes(impl, shape, backward)
+        benchmark.extra_info["peak_mem_bytes"] = peak
+        print(f"\n{case} {impl} seqlen={seqlen}: peak extra memory {peak and peak / 2**20:.1f} MiB")
+
+
+def _ids(shapes):
+    return [f"b{b}-h{h}-s{s}-d{d}-{'causal' if c else 'full'}" for b, h, s, d, c in shapes]
+
+
+@pytest.mark.parametrize("shape", FWD_SHAPES, ids=_ids(FWD_SHAPES))
+@pytest.mark.parametrize("impl", IMPLS)
+def test_attn_fwd(benchmark, impl, shape):
+    _run(benchmark, impl, shape, "attn_fwd", backward=False)
+
+
+@pytest.mark.parametrize("shape", FWD_BWD_SHAPES, ids=_ids(FWD_BWD_SHAPES))
+@pytest.mark.parametrize("impl", IMPLS)
+def test_attn_fwd_bwd(benchmark, impl, shape):
+    _run(benchmark, impl, shape, "attn_fwd_bwd", backward=True)
