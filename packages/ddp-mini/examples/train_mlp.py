@@ -27,11 +27,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from ddp_mini import DistributedDataParallel
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
-
-from ddp_mini import DistributedDataParallel
 
 
 def synthetic_regression(n: int = 1536, features: int = 16, seed: int = 0) -> TensorDataset:
@@ -46,7 +45,10 @@ def synthetic_regression(n: int = 1536, features: int = 16, seed: int = 0) -> Te
 def make_model(features: int = 16, width: int = 64, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Linear(features, width), nn.GELU(), nn.Linear(width, width), nn.GELU(),
+        nn.Linear(features, width),
+        nn.GELU(),
+        nn.Linear(width, width),
+        nn.GELU(),
         nn.Linear(width, 4),
     )
 
@@ -57,8 +59,9 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     out = Path(config["out"])
     ckpt_path = out / "checkpoint.pt"
     dataset = synthetic_regression()
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
-                                 seed=config["seed"], drop_last=True)
+    sampler = DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=True, seed=config["seed"], drop_last=True
+    )
     loader = DataLoader(dataset, batch_size=config["batch"], sampler=sampler, drop_last=True)
     steps_per_epoch = len(loader)
 
@@ -133,8 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train(config)
         if dist.get_rank() == 0:
-            print(f"step {result['step']}: loss {result['losses'][0]:.4f} -> "
-                  f"{result['losses'][-1]:.4f}" if result["losses"] else "nothing to do")
+            print(
+                f"step {result['step']}: loss {result['losses'][0]:.4f} -> "
+                f"{result['losses'][-1]:.4f}"
+                if result["losses"]
+                else "nothing to do"
+            )
     finally:
         dist.destroy_process_group()
     return 0

@@ -23,8 +23,29 @@ def rank_data(seed: int, rank: int, size: int, dtype: torch.dtype) -> torch.Tens
     return torch.randn(size, generator=g, dtype=torch.float64).to(dtype)
 
 
-def ring_sum_errors(rank: int, sizes: list[int], worlds: list[int]) -> dict | None:
-    """max |ring - float64 sum| for every (size, world); float64 inputs, op sum and avg."""
+def ring_sum_errors(
+    rank: int, sizes: list[int], worlds: list[int], segment_bytes: int, stepwise: bool = False
+) -> dict | None:
+    """max |ring - float64 sum| for every (size, world); float64 inputs, op sum and avg.
+
+    ``segment_bytes`` sets the pipelined ring's message size (small: many segments per
+    chunk, uneven last segments); ``stepwise`` runs the readable reference schedule.
+    """
+    import ddp_mini.ring as ring_module
+
+    ring_module.SEGMENT_BYTES = segment_bytes
+    if stepwise:
+        original = ring_module._ring_sum_pipelined
+        ring_module._ring_sum_pipelined = ring_module._ring_sum_stepwise
+    try:
+        return _ring_sum_errors(rank, sizes, worlds)
+    finally:
+        ring_module.SEGMENT_BYTES = 1 << 20
+        if stepwise:
+            ring_module._ring_sum_pipelined = original
+
+
+def _ring_sum_errors(rank: int, sizes: list[int], worlds: list[int]) -> dict:
     out: dict = {}
     for world in worlds:
         pg = group(world)

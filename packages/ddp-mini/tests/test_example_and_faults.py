@@ -8,22 +8,33 @@ import sys
 from pathlib import Path
 
 import _scenarios as sc
+import ddp_mini
 import pytest
 import torch
-
-import ddp_mini
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SRC = Path(ddp_mini.__file__).resolve().parents[1]
 sys.path.insert(0, str(EXAMPLES))  # spawned children inherit sys.path
 import train_mlp  # noqa: E402
 
-STEPS, EVERY = 14, 4  # 48 batches of 16 per rank and epoch: no epoch change needed... 
+STEPS, EVERY = 14, 4  # 48 batches of 16 per rank and epoch: no epoch change needed...
 
 
 def config(out: Path, **overrides) -> dict:
-    cfg = train_mlp.parse(["--out", str(out), "--steps", str(STEPS), "--batch", "96",
-                           "--checkpoint-every", str(EVERY), "--timeout", "20"])
+    cfg = train_mlp.parse(
+        [
+            "--out",
+            str(out),
+            "--steps",
+            str(STEPS),
+            "--batch",
+            "96",
+            "--checkpoint-every",
+            str(EVERY),
+            "--timeout",
+            "20",
+        ]
+    )
     cfg.update(overrides)
     return cfg
 
@@ -33,9 +44,25 @@ def uninterrupted(tmp_path_factory) -> dict:
     """The example run start to finish under torchrun (2 gloo processes, free port)."""
     out = tmp_path_factory.mktemp("full")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(EXAMPLES / "train_mlp.py"), "--out", str(out), "--steps", str(STEPS),
-           "--batch", "96", "--checkpoint-every", str(EVERY), "--timeout", "20"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(EXAMPLES / "train_mlp.py"),
+        "--out",
+        str(out),
+        "--steps",
+        str(STEPS),
+        "--batch",
+        "96",
+        "--checkpoint-every",
+        str(EVERY),
+        "--timeout",
+        "20",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return {"state": torch.load(out / "final.pt", weights_only=True), "log": proc.stdout}
@@ -53,9 +80,14 @@ def test_dead_rank_fails_the_others_then_resume_ends_where_uninterrupted_ends(
 ):
     crash_at = 2 * EVERY + 2  # after the checkpoint at step 8
     with pytest.raises(ddp_mini.SpawnError) as info:
-        ddp_mini.spawn(train_mlp.spawned, 2, "gloo",
-                       config(tmp_path, crash_rank=1, crash_at_step=crash_at),
-                       timeout=20, join_timeout=120)
+        ddp_mini.spawn(
+            train_mlp.spawned,
+            2,
+            "gloo",
+            config(tmp_path, crash_rank=1, crash_at_step=crash_at),
+            timeout=20,
+            join_timeout=120,
+        )
     failures = info.value.failures
     assert "exited with code 17" in failures[1]
     # the survivor raised by itself (a broken connection or the collective timeout),
@@ -63,8 +95,9 @@ def test_dead_rank_fails_the_others_then_resume_ends_where_uninterrupted_ends(
     assert "Traceback" in failures[0] and "killed" not in failures[0]
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 2 * EVERY
 
-    results = ddp_mini.spawn(train_mlp.spawned, 2, "gloo", config(tmp_path),
-                             timeout=20, join_timeout=120)
+    results = ddp_mini.spawn(
+        train_mlp.spawned, 2, "gloo", config(tmp_path), timeout=20, join_timeout=120
+    )
     assert [r["step"] for r in results] == [STEPS, STEPS]
     assert len(results[0]["losses"]) == STEPS - 2 * EVERY  # really resumed
     for rank_result in results:

@@ -9,20 +9,29 @@ SIZES = [0, 1, 2, 3, 7, 1001, 4099]
 WORLDS = [1, 2, 3, 4]
 
 
+# message sizes of the pipelined ring: one segment per chunk (the default 1 MB), 5
+# float64 per segment (uneven tails everywhere), and the readable stepwise schedule
+SCHEDULES = {"1MB": (1 << 20, False), "40B": (40, False), "stepwise": (1 << 20, True)}
+
+
 @pytest.fixture(scope="module")
 def sum_errors(pool):
-    per_rank = pool.run(sc.ring_sum_errors, SIZES, WORLDS)
-    return per_rank
+    return {
+        name: pool.run(sc.ring_sum_errors, SIZES, WORLDS, seg, stepwise)
+        for name, (seg, stepwise) in SCHEDULES.items()
+    }
 
 
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
 @pytest.mark.parametrize("op", ["sum", "avg"])
 @pytest.mark.parametrize("world", WORLDS)
 @pytest.mark.parametrize("size", SIZES)
-def test_ring_equals_float64_sum(sum_errors, size, world, op):
+def test_ring_equals_float64_sum(sum_errors, size, world, op, schedule):
+    errors = sum_errors[schedule]
     for rank in range(world):
-        assert sum_errors[rank][(size, world, op)] < 1e-12, (rank, size, world, op)
+        assert errors[rank][(size, world, op)] < 1e-12, (rank, size, world, op)
     for rank in range(world, 4):  # ranks outside the subgroup did not take part
-        assert (size, world, op) not in sum_errors[rank]
+        assert (size, world, op) not in errors[rank]
 
 
 @pytest.mark.parametrize("dtype, tol", [("float32", 1e-5), ("float16", 1e-2), ("bfloat16", 8e-2)])

@@ -5,20 +5,22 @@ from __future__ import annotations
 import copy
 import datetime
 
+import ddp_mini
 import pytest
 import torch
 import torch.distributed as dist
-from torch import nn
-
-import ddp_mini
 from ddp_mini.buckets import assign_buckets
+from torch import nn
 
 
 @pytest.fixture
 def world1():
     """A one-rank gloo group in this process (an in-memory store: no port at all)."""
     dist.init_process_group(
-        "gloo", store=dist.HashStore(), rank=0, world_size=1,
+        "gloo",
+        store=dist.HashStore(),
+        rank=0,
+        world_size=1,
         timeout=datetime.timedelta(seconds=30),
     )
     yield dist.group.WORLD

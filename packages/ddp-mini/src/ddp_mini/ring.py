@@ -16,12 +16,17 @@ an all-reduce; the time does not grow with N at fixed tensor size (Patarasuk & Y
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
 from ddp_mini._checks import require_group
 
 RING_OPS = ("sum", "avg")
+SEGMENT_BYTES = 1 << 20  # message size of the pipelined ring
+_SCRATCH = threading.local()
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -74,7 +79,7 @@ def ring_allreduce(
     if world > 1:
         contiguous = tensor.is_contiguous()
         flat = tensor.view(-1) if contiguous else tensor.reshape(-1).clone()
-        _ring_sum_flat(flat, group)
+        _ring_sum_pipelined(flat, group)
         if not contiguous:
             tensor.copy_(flat.view(tensor.shape))
     if op == "avg":
@@ -82,12 +87,13 @@ def ring_allreduce(
     return tensor
 
 
-def _ring_sum_flat(flat: torch.Tensor, group: dist.ProcessGroup) -> None:
-    """Sum a contiguous 1-D tensor over ``group`` in place (the two ring phases)."""
-    world = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    right = dist.get_global_rank(group, (rank + 1) % world)
-    left = dist.get_global_rank(group, (rank - 1) % world)
+def _ring_sum_stepwise(flat: torch.Tensor, group: dist.ProcessGroup) -> None:
+    """The readable ring: sum a contiguous 1-D tensor over ``group`` in place.
+
+    One whole-chunk exchange per step; :func:`_ring_sum_pipelined` is the same schedule
+    cut into segments (what ``ring_allreduce`` runs).
+    """
+    world, rank, right, left = _ring_neighbours(group)
     chunks = torch.tensor_split(flat, world)  # N views, lengths differ by at most one
     scratch = torch.empty_like(chunks[0])  # chunk 0 is the longest
 
@@ -104,3 +110,69 @@ def _ring_sum_flat(flat: torch.Tensor, group: dist.ProcessGroup) -> None:
         send = chunks[(rank + 1 - step) % world]
         recv = chunks[(rank - step) % world]
         _exchange(send, right, recv, left, group)
+
+
+def _ring_sum_pipelined(flat: torch.Tensor, group: dist.ProcessGroup) -> None:
+    """The same 2(N-1) ring steps, cut into segments of ``SEGMENT_BYTES`` and overlapped.
+
+    Both phases are one loop over steps t = 0 .. 2N-3: at step t this rank receives
+    chunk ``c_t = (rank - t - 1) % N`` (reduce-scatter: into scratch, then added; all-
+    gather: straight into place) and forwards it at step t + 1, segment by segment as
+    each segment lands. So the transfer of segment j+1 overlaps the addition of segment
+    j, and the next step starts before the current one is finished. One message per
+    chunk is slow on TCP transports; ~1 MB messages keep the link streaming.
+
+    Overwriting a chunk whose earlier send may still be in flight is safe: the data
+    that lands in it was computed downstream of that very send.
+    """
+    world, rank, right, left = _ring_neighbours(group)
+    seg = max(1, SEGMENT_BYTES // flat.element_size())  # elements per message
+    chunks = torch.tensor_split(flat, world)
+    steps = 2 * (world - 1)
+    scratch = _scratch(chunks[0], min(2, world - 1))  # double buffer for the partial sums
+
+    def segments(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return t.split(seg) if t.numel() else ()
+
+    def post_receives(t: int) -> list[tuple[Any, torch.Tensor]]:
+        target = chunks[(rank - t - 1) % world]
+        landing = scratch[t % 2][: target.numel()] if t < world - 1 else target
+        return [(dist.irecv(s, src=left, group=group, tag=t), s) for s in segments(landing)]
+
+    sends = [dist.isend(s, dst=right, group=group, tag=0) for s in segments(chunks[rank])]
+    receives = post_receives(0)
+    for t in range(steps):
+        upcoming = post_receives(t + 1) if t + 1 < steps else []
+        target = chunks[(rank - t - 1) % world]
+        for (work, landing), part in zip(receives, segments(target), strict=True):
+            work.wait()
+            if t < world - 1:
+                part.add_(landing)  # reduce-scatter: accumulate the partial sum
+            if t + 1 < steps:  # forward it right away: it is what step t+1 sends
+                sends.append(dist.isend(part, dst=right, group=group, tag=t + 1))
+        receives = upcoming
+    for work in sends:
+        work.wait()
+
+
+def _scratch(like: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """``count`` receive buffers shaped like ``like``, reused across calls of this thread.
+
+    A fresh multi-MB buffer per call costs page faults on every call (the allocator hands
+    large blocks back to the OS); keeping the last one per thread avoids that.
+    """
+    key = (like.numel(), like.dtype, like.device, count)
+    cached = getattr(_SCRATCH, "entry", None)
+    if cached is None or cached[0] != key:
+        cached = (key, [torch.empty_like(like) for _ in range(count)])
+        _SCRATCH.entry = cached
+    return cached[1]
+
+
+def _ring_neighbours(group: dist.ProcessGroup) -> tuple[int, int, int, int]:
+    """(world size, rank in group, global rank to the right, global rank to the left)."""
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    right = dist.get_global_rank(group, (rank + 1) % world)
+    left = dist.get_global_rank(group, (rank - 1) % world)
+    return world, rank, right, left
