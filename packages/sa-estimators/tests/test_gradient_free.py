@@ -104,3 +104,14 @@ def test_bad_offset_and_exponents():
         sa.spsa(f, np.zeros(2), 10, alpha=0.0)
     with pytest.raises(ValueError, match="n_iter"):
         sa.kiefer_wolfowitz(f, np.zeros(2), 0)
+
+
+def test_kiefer_wolfowitz_accepts_step_objects_and_records_a_trajectory():
+    f = NoisyQuadratic(0.05, seed=5)
+    res = sa.kiefer_wolfowitz(
+        f, np.zeros(DIM), 300, a=sa.harmonic_step(1.0), c=sa.polynomial_step(0.3, 0.25),
+        average=True, trajectory=12,
+    )  # fmt: skip
+    assert res.trajectory.shape == (res.trajectory_k.size, DIM) and res.trajectory_k[-1] == 300
+    np.testing.assert_array_equal(res.trajectory[-1], res.w)
+    assert np.max(np.abs(res.w - MINIMUM)) < 0.2
