@@ -105,6 +105,18 @@ def test_general_step_matches_the_recursion(rng, step, w0):
     assert m.mean == pytest.approx(loop_reference(x, step, w0), rel=1e-10)
 
 
+@pytest.mark.parametrize("fading", [0.5, 0.05])
+def test_constant_step_is_rivers_exponentially_weighted_mean(rng, fading):
+    x = 3.0 + rng.standard_normal(2003)
+    ours, peer = sa.IncrementalMean(sa.constant_step(fading)), river_stats.EWMean(fading)
+    ours.update(x[:1000])
+    for v in x.tolist()[1000:]:
+        ours.update(v)
+    for v in x.tolist():
+        peer.update(v)
+    assert ours.mean == pytest.approx(peer.get(), rel=1e-12)
+
+
 def test_harmonic_step_recursion_is_the_mean(rng):
     x = rng.standard_normal(501)
     m = sa.IncrementalMean(sa.harmonic_step())
