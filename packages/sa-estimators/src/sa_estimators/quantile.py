@@ -59,9 +59,10 @@ class StreamingQuantile:
         step_size: ``None`` (default): the density-adapted optimal gain 1 / (f_k k);
             or a :class:`StepSize` a_k used as w <- w + s a_k (q - 1{x <= w}), s the
             warm-up scale (a constant step tracks a drifting quantile).
-        init_size: number of warm-up samples; until they are in, :attr:`quantile` is the
-            exact (``numpy.quantile``, linear) quantile of what has been seen.
-        bandwidth: kernel half-width at k = 1, in units of s (shrinks like k^(-1/5)).
+        init_size: minimum number of warm-up samples (the batch that reaches it belongs to
+            the warm-up whole); until then :attr:`quantile` is the exact
+            (``numpy.quantile``, linear) quantile of what has been seen.
+        bandwidth: density window width at k = 1, in units of s (shrinks like k^(-1/5)).
         nan_policy: ``"raise"`` (default, the estimator is left unchanged) or ``"skip"``
             (drop and count in :attr:`n_skipped`).
         buffer_size: scalars are collected and folded in as mini-batches of this size.

@@ -90,7 +90,8 @@ class BatchedStreamingQuantile:
     Args:
         q: probability level in (0, 1).
         num_streams: d, the number of columns of every batch.
-        init_size: warm-up rows; until then :attr:`quantile` is ``torch.quantile`` of them.
+        init_size: minimum warm-up rows (the batch that reaches it belongs to the warm-up);
+            until then :attr:`quantile` is ``torch.quantile`` of them.
         bandwidth: window width at k = 1 in units of each stream's warm-up scale.
         device: where the state lives (default: the device of the first batch).
         dtype: the state's precision, ``torch.float32`` or ``torch.float64`` (default);
