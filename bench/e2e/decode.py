@@ -39,7 +39,9 @@ def greedy_reference(model, prompt: torch.Tensor, new_tokens: int) -> tuple[torc
     return out, time.perf_counter() - start
 
 
-def compare_decoders(model, heads, mtp, prompts: list[torch.Tensor], new_tokens: int) -> list[dict]:
+def compare_decoders(
+    model, heads, mtp, prompts: list[torch.Tensor], new_tokens: int, choices=None
+) -> list[dict]:
     """One row per (prompt, method) with the figures and whether it matched greedy."""
     import medusa_heads
     import mtp_heads
@@ -59,7 +61,7 @@ def compare_decoders(model, heads, mtp, prompts: list[torch.Tensor], new_tokens:
             }
         )
         with torch.inference_mode():
-            med = medusa_heads.generate(model, heads, prompt, new_tokens)
+            med = medusa_heads.generate(model, heads, prompt, new_tokens, choices=choices)
         rows.append(
             {
                 "prompt": i,

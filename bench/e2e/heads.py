@@ -93,6 +93,10 @@ def train_all_heads(model, corpus: Corpus, out_dir: Path, *, budget: dict) -> di
     )
     medusa_s = time.perf_counter() - t0
     torch.save(heads.state_dict(), out_dir / "medusa_heads.pt")
+    # the tree: the paths of highest expected acceptance under the measured accuracies
+    choices = medusa_heads.choices_from_accuracies(
+        medusa_distill.rank_accuracy, budget["tree_nodes"]
+    )
 
     mtp = mtp_heads.MTPModule.from_model(model, depth=budget["mtp_depth"])
     t0 = time.perf_counter()
@@ -127,6 +131,7 @@ def train_all_heads(model, corpus: Corpus, out_dir: Path, *, budget: dict) -> di
             "final_loss": _last(medusa_distill, "losses"),
             "final_top1_by_head": list(medusa_distill.top1),
             "raw_final_loss": _last(medusa_raw, "losses"),
+            "choices": [list(c) for c in choices],
         },
         "mtp": {
             "depth": budget["mtp_depth"],

@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         heads_summary = json.loads((work / "heads_summary.json").read_text())
     heads, mtp = load_heads(model, work, profile["mtp_depth"])
     prompts = heldout_prompts(corpus.val, profile["prompts"], profile["prompt_len"])
-    rows = compare_decoders(model, heads, mtp, prompts, profile["new_tokens"])
+    choices = [tuple(c) for c in heads_summary["medusa"]["choices"]]
+    rows = compare_decoders(model, heads, mtp, prompts, profile["new_tokens"], choices)
     report = write_report(work, args.out, rows, heads_summary)
     print(report.read_text())
     shutil.copy(work / "train_summary.json", args.out / "train_summary.json")
