@@ -122,37 +122,36 @@ def _match_bucket(sel, keys, ious, gt_pos, real, gt, gt_ignore, thresholds, matc
     pair_of_det = np.cumsum(first) - 1  # (n,)
     n_pairs = int(pair_of_det[-1]) + 1
     dets_per_pair = np.bincount(pair_of_det, minlength=n_pairs)  # (P,)
-    pair_rank = np.empty(n_pairs, dtype=np.int64)
-    pair_rank[np.argsort(-dets_per_pair, kind="stable")] = np.arange(n_pairs)
-    live_rank = _ragged_arange(dets_per_pair)  # rank among the live dets of the pair
     by_rank = np.argsort(-dets_per_pair, kind="stable")  # pair id at each pair rank
-    pair_gt = gt_pos[np.flatnonzero(first)][by_rank]  # (P, G) gt index per column
-    pair_real = real[np.flatnonzero(first)][by_rank]  # (P, G)
+    pair_rank = np.empty(n_pairs, dtype=np.int64)
+    pair_rank[by_rank] = np.arange(n_pairs)
+    live_rank = _ragged_arange(dets_per_pair)  # rank among the live dets of the pair
     step_order = np.lexsort((pair_rank[pair_of_det], live_rank))  # by rank, then pair
-    ious, sel = ious[step_order], sel[step_order]
     steps = np.bincount(live_rank)  # number of pairs active at each step
+    # columns reversed once: pycocotools keeps the *last* gt among equal IoUs, which is
+    # then the first maximum, what argmax returns
+    ious = np.ascontiguousarray(ious[step_order][:, ::-1])  # (n, G)
+    sel = sel[step_order]
+    pair_gt = np.ascontiguousarray(gt_pos[first][by_rank][:, ::-1])  # (P, G) gt per column
+    pair_real = real[first][by_rank][:, ::-1]  # (P, G)
 
     crowd = gt.iscrowd[pair_gt] & pair_real  # (P, G)
     ignored = gt_ignore[:, pair_gt]  # (A, P, G)
     taken = np.zeros((A, T, n_pairs, G), dtype=bool)
     thr = thresholds[None, :, None, None]  # (1, T, 1, 1)
-    reversed_cols = G - 1
     row = 0
     for k in steps:
         iou = ious[row : row + k][None, None]  # (1, 1, k, G)
         ok = (iou >= thr) & (~taken[:, :, :k] | crowd[:k])  # (A, T, k, G)
         ign = ignored[:, None, :k]  # (A, 1, k, G)
-        # best IoU among regular gts first; ties go to the later gt (pycocotools' >=)
+        # the best regular gt if any qualifies, else the best ignored one
         ok_reg = ok & ~ign
         ok_ign = ok & ign
-        val_reg = np.where(ok_reg, iou, -np.inf)[..., ::-1]
-        val_ign = np.where(ok_ign, iou, -np.inf)[..., ::-1]
-        m_reg = reversed_cols - val_reg.argmax(axis=-1)  # (A, T, k)
-        m_ign = reversed_cols - val_ign.argmax(axis=-1)
+        m_reg = np.where(ok_reg, iou, -np.inf).argmax(axis=-1)  # (A, T, k)
+        m_ign = np.where(ok_ign, iou, -np.inf).argmax(axis=-1)
         m = np.where(ok_reg.any(-1), m_reg, np.where(ok_ign.any(-1), m_ign, -1))  # (A, T, k)
         a_i, t_i, p_i = np.nonzero(m >= 0)
         taken[a_i, t_i, p_i, m[a_i, t_i, p_i]] = True
-        rows_pos = pair_gt[:k]  # (k, G)
-        out = np.where(m >= 0, rows_pos[np.arange(k), np.maximum(m, 0)], -1)  # (A, T, k)
+        out = np.where(m >= 0, pair_gt[np.arange(k), np.maximum(m, 0)], -1)  # (A, T, k)
         matched_gt[:, :, sel[row : row + k]] = out
         row += k
