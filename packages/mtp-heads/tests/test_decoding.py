@@ -162,3 +162,28 @@ def test_residual_distribution():
     q = torch.tensor([0.2, 0.5, 0.3])
     torch.testing.assert_close(residual_distribution(p, q), torch.tensor([1.0, 0.0, 0.0]))
     torch.testing.assert_close(residual_distribution(p, p), p)
+
+
+def test_sampled_generation_keeps_the_models_distribution():
+    # V = 5: the exact law of the 2nd generated token is sum_a p(a | x) p(b | x, a)
+    model = tiny_llama(vocab_size=5, hidden_size=16, num_attention_heads=2, num_key_value_heads=1)
+    heads = mtp_heads.MTPModule.from_model(model, depth=1)
+    with torch.no_grad():  # a peaked draft distribution q, far from p: the rule must correct it
+        heads.depths[0].final_norm.weight.fill_(100.0)
+    ids = torch.tensor([[3, 1]])
+    with torch.no_grad():
+        p_first = torch.softmax(model(ids).logits[0, -1].double(), -1)  # (5,)
+        both = torch.cat((ids.repeat(5, 1), torch.arange(5)[:, None]), 1)  # (5, 3)
+        p_second_given = torch.softmax(model(both).logits[:, -1].double(), -1)  # (5, 5)
+    p_second = p_first @ p_second_given
+    g = torch.Generator().manual_seed(0)
+    trials = 400
+    counts = torch.zeros(5, dtype=torch.float64)
+    drafted = 0
+    for _ in range(trials):
+        out = mtp_heads.speculative_generate(model, heads, ids, 3, temperature=1.0, generator=g)
+        counts[int(out.sequences[0, 3])] += 1
+        drafted += out.drafted_by_depth[0]
+    assert drafted == trials  # the 2nd token always went through the accept/resample rule
+    se = (p_second * (1 - p_second) / trials).sqrt()
+    assert ((counts / trials - p_second).abs() <= 5 * se + 1e-3).all()

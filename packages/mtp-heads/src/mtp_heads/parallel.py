@@ -42,8 +42,12 @@ class ParallelMTPHeads(SharedWeightsMixin, nn.Module):
     Args:
         hidden_size, vocab_size: C and V.
         depth: D >= 1 extra heads (the trunk's head predicts t_{i+1}).
-        num_attention_heads, num_key_value_heads, intermediate_size, head_dim,
-        rope_theta, rms_norm_eps: each head's block sizes (as ``MTPModule``).
+        num_attention_heads: query heads of each head's Llama-style block.
+        num_key_value_heads: key/value heads (GQA); default ``num_attention_heads``.
+        intermediate_size: the SwiGLU MLP's width; default ``4 * hidden_size``.
+        head_dim: per-head size; default ``hidden_size // num_attention_heads``.
+        rope_theta: the rotary base.
+        rms_norm_eps: the RMSNorm epsilon.
         lm_head: the shared unembedding ``nn.Linear`` (C -> V); ``None`` makes an own one.
         train_shared: let the heads' loss update the shared ``lm_head`` (default False).
         memory_efficient: default for ``loss``: heads forward/backward one at a time

@@ -48,9 +48,12 @@ class MTPModule(SharedWeightsMixin, nn.Module):
         vocab_size: V.
         depth: D >= 1, how many extra future tokens are predicted (depth k predicts
             t_{i+k+1} at position i).
-        num_attention_heads, num_key_value_heads, intermediate_size, head_dim,
-        rope_theta, rms_norm_eps: the sizes of each depth's Llama-style block
-            (defaults: MHA, 4C MLP, C / heads).
+        num_attention_heads: query heads of each depth's Llama-style block.
+        num_key_value_heads: key/value heads (GQA); default ``num_attention_heads``.
+        intermediate_size: the SwiGLU MLP's width; default ``4 * hidden_size``.
+        head_dim: per-head size; default ``hidden_size // num_attention_heads``.
+        rope_theta: the rotary base.
+        rms_norm_eps: the RMSNorm epsilon.
         embed: the main model's ``nn.Embedding`` (V, C), shared; ``None`` makes an own one.
         lm_head: the main model's output ``nn.Linear`` (C -> V), shared; ``None`` makes
             an own one.
