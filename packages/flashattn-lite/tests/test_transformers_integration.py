@@ -119,3 +119,18 @@ def test_attention_forward_rejects_dropout():
     q = torch.randn(1, 2, 3, 8)
     with pytest.raises(ValueError, match="dropout must be 0"):
         fa_transformers.attention_forward(torch.nn.Module(), q, q, q, None, dropout=0.1)
+
+
+def test_triton_backend_in_llama_matches_eager(models):
+    """The Triton kernels (interpreter on the CPU) inside the model, causal path."""
+    pytest.importorskip("triton")
+    eager, _, _ = models
+    name = fa_transformers.register("fa_lite_triton", backend="triton")
+    ours = _tiny_llama(name)
+    ours.load_state_dict(eager.state_dict())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ids = torch.randint(0, 97, (1, 17), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = eager(ids).logits
+        got = ours.to(device)(ids.to(device)).logits.cpu()
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)

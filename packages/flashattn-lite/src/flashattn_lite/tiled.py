@@ -132,7 +132,6 @@ def tiled_backward(
     b, hk, g, seqlen_q, d = q.shape
     seqlen_k = k.shape[2]
     acc_dtype = _accum_dtype(q.dtype)
-    delta = (grad_out.to(acc_dtype) * out.to(acc_dtype)).sum(dim=-1)  # (B, Hk, G, Sq)
     # rows that saw nothing have lse = -inf; shifting by +inf makes their P exactly 0
     lse_shift = torch.where(torch.isinf(lse), torch.full_like(lse, float("inf")), lse)
     dq = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)  # (B, Hk, G, Sq, D)
@@ -147,7 +146,9 @@ def tiled_backward(
         do_tile = _rows(grad_out, i0, i1, acc_dtype)  # (B, Hk, G*bq, D)
         rows = q_tile.shape[2]
         lse_tile = lse_shift[:, :, :, i0:i1].reshape(b, hk, rows, 1)  # (B, Hk, G*bq, 1)
-        delta_tile = delta[:, :, :, i0:i1].reshape(b, hk, rows, 1)  # (B, Hk, G*bq, 1)
+        # delta = rowsum(dO * O), one tile at a time so that no (N, D) temporary appears
+        out_tile = _rows(out, i0, i1, acc_dtype)  # (B, Hk, G*bq, D)
+        delta_tile = (do_tile * out_tile).sum(-1, keepdim=True)  # (B, Hk, G*bq, 1)
         dq_tile = torch.zeros((b, hk, rows, d), dtype=acc_dtype, device=q.device)
         for j0 in range(lo, hi, block_k):
             j1 = min(j0 + block_k, hi)
@@ -177,8 +178,8 @@ class TiledAttention(torch.autograd.Function):
         nheads_k = k.shape[2]
         group = nheads // nheads_k
         qg = q.transpose(1, 2).reshape(b, nheads_k, group, seqlen_q, d)  # a view: H splits
-        # one O(N) copy to head-major rows: every tile matmul then reads contiguous memory
-        kh, vh = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()  # (B, Hk, Sk, D)
+        # strided views, no copy: each matrix of a tile still has a unit-stride head dim
+        kh, vh = k.transpose(1, 2), v.transpose(1, 2)  # (B, Hk, Sk, D)
         mask = _group_mask(attn_mask, nheads_k, group)
         out, lse = tiled_forward(qg, kh, vh, scale, band, mask, block_q, block_k)
         ctx.save_for_backward(q, k, v, out, lse, attn_mask)
@@ -191,7 +192,7 @@ class TiledAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_lse):  # type: ignore[override]
         q, k, v, out, lse, attn_mask = ctx.saved_tensors
-        kh, vh = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()  # (B, Hk, Sk, D)
+        kh, vh = k.transpose(1, 2), v.transpose(1, 2)  # (B, Hk, Sk, D) views
         b, seqlen_q, nheads, d = q.shape
         nheads_k = k.shape[2]
         group = nheads // nheads_k
