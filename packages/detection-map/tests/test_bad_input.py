@@ -131,7 +131,7 @@ def test_duplicate_annotation_id(coco):
         dm.evaluate_coco(gt, coco[1])
 
 
-@pytest.mark.parametrize("iou_type", ["segm", "keypoints", "mask"])
+@pytest.mark.parametrize("iou_type", ["keypoints", "mask", "BBOX"])
 def test_unsupported_iou_type(coco, iou_type):
     with pytest.raises(ValueError, match="iou_type"):
         dm.evaluate_coco(coco[0], coco[1], iou_type)

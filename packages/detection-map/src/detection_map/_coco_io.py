@@ -29,6 +29,8 @@ class CocoGroundTruth:
     area: np.ndarray  # (N,) float64, the annotation's own "area" field
     iscrowd: np.ndarray  # (N,) bool
     ann_ids: np.ndarray  # (N,) int64
+    segmentations: list | None = None  # N raw "segmentation" values (segm only)
+    image_hw: np.ndarray | None = None  # (I, 2) int64 height, width (segm only)
 
 
 @dataclass
@@ -39,7 +41,8 @@ class CocoDetections:
     category_index: np.ndarray  # (M,) int64 into CocoGroundTruth.category_ids
     boxes: np.ndarray  # (M, 4) float64 xywh
     scores: np.ndarray  # (M,) float64
-    area: np.ndarray  # (M,) float64, w * h as pycocotools' loadRes sets it
+    area: np.ndarray  # (M,) float64, as pycocotools' loadRes sets it (see load_detections)
+    segmentations: list | None = None  # M raw "segmentation" values (segm only)
 
 
 def _short(record: Any) -> str:
@@ -155,8 +158,12 @@ def _unique_sorted(ids: np.ndarray, where: str) -> np.ndarray:
     return order
 
 
-def load_ground_truth(gt: Any) -> CocoGroundTruth:
-    """Parse a COCO dataset (dict or path) into :class:`CocoGroundTruth`."""
+def load_ground_truth(gt: Any, iou_type: str = "bbox") -> CocoGroundTruth:
+    """Parse a COCO dataset (dict or path) into :class:`CocoGroundTruth`.
+
+    For ``iou_type="segm"`` the annotations need ``segmentation`` (``bbox`` becomes
+    optional) and the images ``height`` and ``width``.
+    """
     gt = _load_json(gt, "gt")
     if not isinstance(gt, dict):
         raise TypeError(f"gt must be a COCO dataset dict or a path, got {type(gt).__name__}")
@@ -183,9 +190,22 @@ def load_ground_truth(gt: Any) -> CocoGroundTruth:
     _unique_sorted(ann_ids, where)
     img = _int_ids(_column(anns, "image_id", where), where, "image_id", anns)
     cat = _int_ids(_column(anns, "category_id", where), where, "category_id", anns)
-    boxes = _boxes(_column(anns, "bbox", where), where, anns)
+    segm = iou_type == "segm"
+    if segm and not all("bbox" in a for a in anns if isinstance(a, dict)):
+        boxes = np.zeros((len(anns), 4))  # pycocotools never reads it for masks
+    else:
+        boxes = _boxes(_column(anns, "bbox", where), where, anns)
     area = _finite_floats(_column(anns, "area", where), where, "area", anns)
     iscrowd = np.asarray(_column(anns, "iscrowd", where, default=0)).reshape(-1)
+    segmentations = image_hw = None
+    if segm:
+        segmentations = _column(anns, "segmentation", where)
+        raw_ids = np.asarray(_column(images, "id", "gt['images']"), dtype=np.int64)
+        hw = np.stack(
+            [_int_ids(_column(images, key, "gt['images']"), "gt['images']", key, images)
+             for key in ("height", "width")], axis=1,
+        )  # fmt: skip
+        image_hw = hw[np.argsort(raw_ids)]  # aligned with the sorted image_ids
     return CocoGroundTruth(
         image_ids=image_ids,
         category_ids=category_ids,
@@ -195,23 +215,52 @@ def load_ground_truth(gt: Any) -> CocoGroundTruth:
         area=area,
         iscrowd=iscrowd.astype(bool),
         ann_ids=ann_ids,
+        segmentations=segmentations,
+        image_hw=image_hw,
     )
 
 
-def load_detections(dt: Any, gt: CocoGroundTruth) -> CocoDetections:
-    """Parse a COCO results list (list or path) against already-parsed ground truth."""
+def load_detections(dt: Any, gt: CocoGroundTruth, iou_type: str = "bbox") -> CocoDetections:
+    """Parse a COCO results list (list or path) against already-parsed ground truth.
+
+    A detection's area is ``w * h`` of its ``bbox``, as pycocotools' ``loadRes`` sets it.
+    For ``iou_type="segm"`` each result needs ``segmentation``; ``loadRes`` then still
+    takes the bbox branch (area ``w * h``) when the first result has a non-empty
+    ``bbox``, and uses the mask area only otherwise. Reproduced as is.
+    """
     dt = _load_json(dt, "dt")
     if not isinstance(dt, list):
         raise TypeError(f"dt must be a list of result dicts or a path, got {type(dt).__name__}")
     where = "dt"
     img = _int_ids(_column(dt, "image_id", where), where, "image_id", dt)
     cat = _int_ids(_column(dt, "category_id", where), where, "category_id", dt)
-    boxes = _boxes(_column(dt, "bbox", where), where, dt)
     scores = _finite_floats(_column(dt, "score", where), where, "score", dt)
+    image_index = _index_into(img, gt.image_ids, where, "image_id", dt)
+    segmentations = None
+    if iou_type == "segm":
+        segmentations = _column(dt, "segmentation", where)
+        bbox_branch = bool(dt) and isinstance(dt[0], dict) and dt[0].get("bbox", []) != []
+        if bbox_branch:
+            boxes = _boxes(_column(dt, "bbox", where), where, dt)
+            area = boxes[:, 2] * boxes[:, 3]
+        else:
+            from ._masks import segmentation_mask
+
+            boxes = np.zeros((len(dt), 4))
+            hw = gt.image_hw[image_index]
+            area = np.array(
+                [segmentation_mask(s, int(h), int(w), f"dt[{i}]['segmentation']").sum()
+                 for i, (s, (h, w)) in enumerate(zip(segmentations, hw, strict=True))],
+                dtype=np.float64,
+            )  # fmt: skip
+    else:
+        boxes = _boxes(_column(dt, "bbox", where), where, dt)
+        area = boxes[:, 2] * boxes[:, 3]
     return CocoDetections(
-        image_index=_index_into(img, gt.image_ids, where, "image_id", dt),
+        image_index=image_index,
         category_index=_index_into(cat, gt.category_ids, where, "category_id", dt),
         boxes=boxes,
         scores=scores,
-        area=boxes[:, 2] * boxes[:, 3],
+        area=area,
+        segmentations=segmentations,
     )

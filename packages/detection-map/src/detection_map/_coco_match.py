@@ -66,8 +66,22 @@ def _ragged_arange(counts: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) - starts
 
 
-def match(gt, dt, iou_thresholds: np.ndarray, area_ranges: np.ndarray, max_det: int) -> Matches:
-    """Greedy COCO matching of ``dt`` against ``gt`` (parsed columns, see _coco_io)."""
+def bbox_iou_fn(gt, dt):
+    """The default ``iou_fn``: box IoUs of detections (n,) against gts (n, G)."""
+    return lambda dt_idx, gt_pos, real: coco_box_iou(
+        dt.boxes[dt_idx, None, :], gt.boxes[gt_pos], gt.iscrowd[gt_pos]
+    )
+
+
+def match(
+    gt, dt, iou_thresholds: np.ndarray, area_ranges: np.ndarray, max_det: int, iou_fn=None
+) -> Matches:
+    """Greedy COCO matching of ``dt`` against ``gt`` (parsed columns, see _coco_io).
+
+    ``iou_fn(dt_idx (n,), gt_pos (n, G), real (n, G)) -> (n, G)`` gives the overlaps
+    (default: boxes; ``_masks.segm_iou_fn`` for masks).
+    """
+    iou_fn = iou_fn or bbox_iou_fn(gt, dt)
     K = len(gt.category_ids)
     A, T = len(area_ranges), len(iou_thresholds)
     gt_ignore = gt_ignore_flags(gt.area, gt.iscrowd, area_ranges)  # (A, N)
@@ -102,7 +116,7 @@ def match(gt, dt, iou_thresholds: np.ndarray, area_ranges: np.ndarray, max_det: 
         col = np.arange(G)  # (G,)
         real = col[None, :] < g_count[sel, None]  # (n, G)
         gt_pos = gt_order[np.minimum(g_lo[sel, None] + col, len(gt_order) - 1)]  # (n, G)
-        ious = coco_box_iou(dt.boxes[dt_index[sel], None, :], gt.boxes[gt_pos], gt.iscrowd[gt_pos])
+        ious = iou_fn(dt_index[sel], gt_pos, real)  # (n, G)
         ious = np.where(real, ious, -1.0)  # padding never reaches a threshold >= 0
         live = ious.max(axis=1) >= t_min  # the others can never match anything
         sel, ious, gt_pos, real = sel[live], ious[live], gt_pos[live], real[live]

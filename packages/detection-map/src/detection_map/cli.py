@@ -18,9 +18,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="detection-map", description="COCO and PASCAL VOC mean Average Precision."
     )
     sub = parser.add_subparsers(dest="protocol", required=True)
-    c = sub.add_parser("coco", help="COCO bbox evaluation (pycocotools' numbers)")
+    c = sub.add_parser("coco", help="COCO bbox/segm evaluation (pycocotools' numbers)")
     c.add_argument("gt", help="COCO dataset JSON (images, annotations, categories)")
     c.add_argument("dt", help="COCO results JSON (a list of detections)")
+    c.add_argument("--iou-type", choices=("bbox", "segm"), default="bbox")
     v = sub.add_parser("voc", help="PASCAL VOC evaluation (voc_eval.py's numbers)")
     v.add_argument("gt", help="JSON list of {image_id, boxes, labels, difficult?} per image")
     v.add_argument("dt", help="JSON list of {image_id, boxes, scores, labels} per image")
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     try:
         if args.protocol == "coco":
-            result = evaluate_coco(args.gt, args.dt)
+            result = evaluate_coco(args.gt, args.dt, args.iou_type)
             print(result.summary())
             if args.per_class:
                 print(_coco_table(result))

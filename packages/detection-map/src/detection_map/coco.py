@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _coco_io, _coco_match
+from . import _coco_io, _coco_match, _masks
 
 #: pycocotools' defaults, built the same way so that ``0.5 == iou_thresholds[0]`` etc.
 DEFAULT_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1)
@@ -181,7 +181,7 @@ def evaluate_coco(
     max_dets: Sequence[int] = (1, 10, 100),
     area_ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> COCOResult:
-    """COCO detection metrics, equal to ``pycocotools.cocoeval.COCOeval`` (bbox).
+    """COCO detection metrics, equal to ``pycocotools.cocoeval.COCOeval`` (bbox, segm).
 
     Args:
         gt: a COCO dataset dict (``images``, ``annotations`` with ``id``, ``image_id``,
@@ -189,8 +189,9 @@ def evaluate_coco(
             ``categories``) or a path to its JSON file.
         dt: a COCO results list (dicts with ``image_id``, ``category_id``, ``bbox``,
             ``score``) or a path to its JSON file.
-        iou_type: only ``"bbox"`` is implemented; ``"segm"`` and ``"keypoints"`` are
-            rejected with ``ValueError``.
+        iou_type: ``"bbox"`` (box IoU) or ``"segm"`` (mask IoU: annotations need
+            ``segmentation`` as polygons or RLE, images ``height`` and ``width``;
+            results need ``segmentation`` RLE). ``"keypoints"`` raises ``ValueError``.
         iou_thresholds: T thresholds in [0, 1] (default 0.50:0.05:0.95).
         rec_thresholds: R non-decreasing recall points (default 0:0.01:1, 101 points).
         max_dets: three increasing detection limits per image and category.
@@ -202,24 +203,25 @@ def evaluate_coco(
         :class:`COCOResult`; ``stats``, ``precision`` and ``recall`` agree with
         pycocotools to 1e-12 (bitwise on the tested sets).
     """
-    if iou_type != "bbox":
-        if iou_type in ("segm", "keypoints"):
+    if iou_type not in ("bbox", "segm"):
+        if iou_type == "keypoints":
             raise ValueError(
-                f"iou_type={iou_type!r} is not implemented by detection_map (bbox only); "
-                "use pycocotools for masks and keypoints"
+                "iou_type='keypoints' is not implemented by detection_map (bbox and segm "
+                "only); use pycocotools for keypoints"
             )
-        raise ValueError(f"iou_type must be 'bbox', got {iou_type!r}")
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     iou_thr, rec_thr, max_dets, labels, ranges = _check_params(
         iou_thresholds, rec_thresholds, max_dets, area_ranges
     )
-    gt_cols = _coco_io.load_ground_truth(gt)
-    dt_cols = _coco_io.load_detections(dt, gt_cols)
-    return evaluate_columns(gt_cols, dt_cols, iou_thr, rec_thr, max_dets, labels, ranges)
+    gt_cols = _coco_io.load_ground_truth(gt, iou_type)
+    dt_cols = _coco_io.load_detections(dt, gt_cols, iou_type)
+    iou_fn = _masks.segm_iou_fn(gt_cols, dt_cols) if iou_type == "segm" else None
+    return evaluate_columns(gt_cols, dt_cols, iou_thr, rec_thr, max_dets, labels, ranges, iou_fn)
 
 
-def evaluate_columns(gt, dt, iou_thr, rec_thr, max_dets, labels, ranges) -> COCOResult:
+def evaluate_columns(gt, dt, iou_thr, rec_thr, max_dets, labels, ranges, iou_fn=None) -> COCOResult:
     """:func:`evaluate_coco` on already parsed columns (see ``_coco_io``)."""
-    matches = _coco_match.match(gt, dt, iou_thr, ranges, max_dets[-1])
+    matches = _coco_match.match(gt, dt, iou_thr, ranges, max_dets[-1], iou_fn)
     precision, recall, scores = accumulate(gt, dt, matches, iou_thr, rec_thr, ranges, max_dets)
     result = COCOResult(
         stats=np.zeros(12),
