@@ -12,6 +12,7 @@ drafting from generate's per-step overhead). All outputs are identical token for
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import pytest
@@ -23,6 +24,12 @@ transformers = pytest.importorskip("transformers")
 import mtp_heads  # noqa: E402
 
 PACKAGE = "mtp-heads"
+# transformers 5 calls the cache argument `cache`, 4.x `past_key_values`
+CACHE_KW = (
+    "cache"
+    if "cache" in inspect.signature(transformers.LlamaForCausalLM.forward).parameters
+    else "past_key_values"
+)
 PEER = "transformers.generate"
 SIZES = harness.pick(
     cpu={
@@ -44,15 +51,15 @@ SIZES = harness.pick(
         "heads": 8,
         "kv_heads": 4,
         "vocab": 256,
-        "prompts": 4,
+        "prompts": 2,
         "prompt_len": 64,
-        "new_tokens": 256,
-        "train_steps": 600,
+        "new_tokens": 128,
+        "train_steps": 400,
         "train_batch": 32,
         "train_len": 256,
     },
 )
-ROUNDS = harness.pick(cpu=3, gpu=10)
+ROUNDS = harness.pick(cpu=3, gpu=3)
 SOURCES = ["textwrap.py", "argparse.py", "dataclasses.py", "functools.py", "inspect.py"]
 DECODE_IMPLS = [
     PEER,
@@ -133,7 +140,7 @@ def kv_cache_greedy_loop(model, ids, new_tokens):
     cache = transformers.DynamicCache(config=model.config)
     tokens, step_ids = ids, ids
     for _ in range(new_tokens):
-        logits = model(input_ids=step_ids, cache=cache, use_cache=True).logits[:, -1]
+        logits = model(input_ids=step_ids, use_cache=True, **{CACHE_KW: cache}).logits[:, -1]
         step_ids = logits.argmax(-1, keepdim=True)
         tokens = torch.cat((tokens, step_ids), 1)
     return tokens

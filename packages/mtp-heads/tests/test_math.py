@@ -249,3 +249,14 @@ def test_mtp_in_lower_precision_close_to_float64(dtype, tol):
         assert o.dtype == dtype
         err = (o.double() - r).abs().max() / r.abs().max()
         assert err < tol
+
+
+@pytest.mark.parametrize("cls", [mtp_heads.MTPModule, mtp_heads.ParallelMTPHeads])
+def test_int32_token_ids_give_the_int64_results(cls):
+    torch.manual_seed(6)
+    heads = cls(16, 11, depth=2)
+    hidden = torch.randn(2, 7, 16)
+    ids = torch.randint(0, 11, (2, 7))
+    torch.testing.assert_close(heads.loss(hidden, ids.int()), heads.loss(hidden, ids))
+    for a, b in zip(heads(hidden, ids.int()), heads(hidden, ids), strict=True):
+        torch.testing.assert_close(a, b)

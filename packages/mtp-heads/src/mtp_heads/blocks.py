@@ -39,9 +39,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x32 = x.float() if dtype in (torch.float16, torch.bfloat16) else x
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        if dtype in (torch.float16, torch.bfloat16):  # normalise in float32, scale in dtype
+            x32 = x.float()
+            x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+            return self.weight * x32.to(dtype)
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused op
 
 
 def rotary_cos_sin(

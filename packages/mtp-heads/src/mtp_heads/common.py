@@ -197,4 +197,4 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     are upcast to float32 first (the log-sum-exp of a large vocabulary needs it)."""
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1).long())
