@@ -241,3 +241,42 @@ def unused_on_one_rank(rank: int) -> None:
     ddp = ddp_mini.DistributedDataParallel(Net())
     for _ in range(3):
         ddp(torch.randn(4, 5), use_spare=rank == 0).sum().backward()
+
+
+def tiny_llama_compare(rank: int, find_unused: bool) -> float | None:
+    """A transformers Llama under bf16 autocast with AdamW: ddp-mini vs torch DDP."""
+    pg = group(2)
+    if pg is None:
+        return None
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    ours_model = LlamaForCausalLM(config)
+    peer_model = copy.deepcopy(ours_model)
+    kwargs = dict(process_group=pg, bucket_cap_mb=0.01, find_unused_parameters=find_unused)
+    ours = ddp_mini.DistributedDataParallel(ours_model, **kwargs)
+    peer = nn.parallel.DistributedDataParallel(peer_model, **kwargs)
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (ours, peer)]
+    g = torch.Generator().manual_seed(rank)
+    for _ in range(3):
+        ids = torch.randint(0, 97, (2, 17), generator=g)  # (B, T)
+        for m, opt in zip((ours, peer), opts, strict=True):
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = m(ids).logits  # (B, T, V) ModelOutput field
+            loss = nn.functional.cross_entropy(
+                logits.float()[:, :-1].flatten(0, 1), ids[:, 1:].flatten()
+            )
+            loss.backward()
+            opt.step()
+    pairs = zip(ours_model.parameters(), peer_model.parameters(), strict=True)
+    return max((a - b).abs().max().item() for a, b in pairs)

@@ -131,3 +131,10 @@ def test_unused_parameter_without_flag_raises_naming_it(pool, key):
     for message in messages:
         assert "spare.weight" in message and "spare.bias" in message
         assert "find_unused_parameters=True" in message
+
+
+@pytest.mark.parametrize("find_unused", [False, True])
+def test_transformers_llama_matches_torch_ddp(pool, find_unused):
+    pytest.importorskip("transformers")
+    diffs = [d for d in pool.run(sc.tiny_llama_compare, find_unused) if d is not None]
+    assert diffs == [0.0, 0.0]  # two ranks: a + b in any order, exact halving: bitwise
