@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import greedy_reference, tiny_llama
 from mtp_heads.decoding import _speculative_accept, residual_distribution
+from mtp_heads.reference import draft_without_cache, reference_speculative_generate
 
 KINDS = {"sequential": mtp_heads.MTPModule, "parallel": mtp_heads.ParallelMTPHeads}
 
@@ -187,3 +188,64 @@ def test_sampled_generation_keeps_the_models_distribution():
     assert drafted == trials  # the 2nd token always went through the accept/resample rule
     se = (p_second * (1 - p_second) / trials).sqrt()
     assert ((counts / trials - p_second).abs() <= 5 * se + 1e-3).all()
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("num_draft_tokens", [1, 2])
+def test_cached_decoding_equals_the_cache_free_reference(
+    llama, trained_heads, kind, num_draft_tokens
+):
+    # same tokens AND the same drafts accepted at every depth: the heads' caches
+    # (committed rows, recomputed draft rows, cropping) change nothing
+    model = tiny_llama(dtype=torch.float64)
+    model.load_state_dict({k: v.double() for k, v in llama.state_dict().items()})
+    heads = KINDS[kind].from_model(model, depth=2)
+    heads.load_state_dict({k: v.double() for k, v in trained_heads[kind, 2].state_dict().items()})
+    total_accepted = 0
+    for seed, (n_prompt, n_new) in enumerate([(1, 19), (6, 26), (9, 7)]):
+        ids = prompt(n_prompt, seed=300 + seed)
+        out = mtp_heads.speculative_generate(
+            model, heads, ids, n_new, num_draft_tokens=num_draft_tokens
+        )
+        seq, drafted, accepted = reference_speculative_generate(
+            model, heads, ids, n_new, num_draft_tokens=num_draft_tokens
+        )
+        assert torch.equal(out.sequences, seq)
+        assert out.drafted_by_depth == drafted
+        assert out.accepted_by_depth == accepted
+        total_accepted += sum(accepted)
+    assert total_accepted > 0
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_draft_caches_give_the_cache_free_logits(kind, depth):
+    # drive a draft state through random verification outcomes and compare every
+    # draft's logits with a full recomputation (float64, 1e-10)
+    torch.manual_seed(depth)
+    C, V = 16, 23
+    heads = KINDS[kind](C, V, depth, 2, num_key_value_heads=1, intermediate_size=24)
+    heads.double()
+    g = torch.Generator().manual_seed(7)
+    trunk = torch.randn(1, 60, C, generator=g, dtype=torch.float64)  # h^0 of every position
+    tokens = torch.randint(0, V, (1, 4), generator=g)  # prompt t_0..t_2 and t_3 = t_m
+    state = heads.start_drafting()
+    seen = 0
+    for step in range(12):
+        m = tokens.shape[1] - 1
+        n = depth if step % 4 else max(1, depth - 1)  # sometimes fewer drafts
+        got = []
+
+        def choose(logits, got=got):
+            got.append(logits)
+            return logits.argmax(-1).view(1)
+
+        drafts = state.draft(trunk[:, seen:m], tokens, n, choose)
+        seen = m
+        ref_drafts, ref_logits = draft_without_cache(heads, trunk[:, :m], tokens, n)
+        assert [int(d) for d in drafts] == ref_drafts
+        for a, b in zip(got, ref_logits, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        a = int(torch.randint(0, n + 1, (), generator=g))  # drafts the "model" accepted
+        bonus = torch.randint(0, V, (1, 1), generator=g)
+        tokens = torch.cat((tokens, torch.tensor([ref_drafts[:a]], dtype=torch.long), bonus), 1)
