@@ -43,6 +43,17 @@ class Band:
         )
         return lo, max(lo, hi)
 
+    def query_range(self, key_start: int, key_end: int, seqlen_q: int) -> tuple[int, int]:
+        """Half-open ``[lo, hi)`` of queries seeing a key in ``[key_start, key_end)``."""
+        lo = 0 if self.right is None else max(0, key_start - self.diagonal - self.right)
+        last_key = key_end - 1
+        hi = (
+            seqlen_q
+            if self.left is None
+            else min(seqlen_q, last_key - self.diagonal + self.left + 1)
+        )
+        return lo, max(lo, hi)
+
     def needs_mask(self, row_start: int, row_end: int, key_start: int, key_end: int) -> bool:
         """False when every (row, key) of the tile is inside the band (no masking needed)."""
         last_row, last_key = row_end - 1, key_end - 1

@@ -14,6 +14,8 @@ share one key/value head, keys and values ``(B, Hk, S, D)``. One tile of scores 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
 from .masking import Band
@@ -54,6 +56,33 @@ def _rows(x: torch.Tensor, i0: int, i1: int, dtype: torch.dtype) -> torch.Tensor
     return x[:, :, :, i0:i1].to(dtype).reshape(b, hk, g * (i1 - i0), d)
 
 
+def _single_threaded_worker() -> None:
+    # intra-op threads are per OS thread: each worker runs its tiles on one core
+    torch.set_num_threads(1)
+
+
+def _run_parallel(task, items: list) -> None:
+    """Run ``task(item)`` for every item, on as many threads as torch's intra-op pool.
+
+    Like the GPU kernels' grid, the tiles of different query blocks (forward) or key
+    blocks (backward) are independent. Running them on single-threaded workers keeps
+    every matmul and exp on one core, instead of paying a fork-join of the whole pool
+    for each of the many small tile operations (which stalls badly on a busy machine).
+    """
+
+    def run(item):
+        with torch.no_grad():  # grad mode is per thread: workers start with it on
+            task(item)
+
+    workers = min(torch.get_num_threads(), len(items))
+    if workers <= 1:
+        for item in items:
+            run(item)
+        return
+    with ThreadPoolExecutor(workers, initializer=_single_threaded_worker) as pool:
+        list(pool.map(run, items))  # list() re-raises a worker's exception here
+
+
 def tiled_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -75,11 +104,12 @@ def tiled_forward(
     acc_dtype = _accum_dtype(q.dtype)
     out = torch.zeros_like(q)  # rows that see no key stay 0
     lse = torch.full((b, hk, g, seqlen_q), float("-inf"), dtype=acc_dtype, device=q.device)
-    for i0 in range(0, seqlen_q, block_q):
+
+    def query_block(i0: int) -> None:  # writes rows [i0, i1) of out and lse, nothing else
         i1 = min(i0 + block_q, seqlen_q)
         lo, hi = (0, seqlen_k) if attn_mask is not None else band.key_range(i0, i1, seqlen_k)
         if hi <= lo:
-            continue  # the band skips this whole block of queries
+            return  # the band skips this whole block of queries
         q_tile = _rows(q, i0, i1, acc_dtype) * scale  # (B, Hk, G*bq, D)
         rows = q_tile.shape[2]
         m = torch.full((b, hk, rows), float("-inf"), dtype=acc_dtype, device=q.device)
@@ -107,6 +137,8 @@ def tiled_forward(
         m_shift = torch.where(torch.isinf(m), torch.zeros_like(m), m)
         lse_tile = torch.where(seen, m_shift + torch.log(l), torch.full_like(l, float("-inf")))
         lse[:, :, :, i0:i1] = lse_tile.view(b, hk, g, i1 - i0)
+
+    _run_parallel(query_block, list(range(0, seqlen_q, block_q)))
     return out, lse
 
 
@@ -127,42 +159,54 @@ def tiled_backward(
 
     With ``P = exp(S - lse)`` and ``delta = rowsum(dO * O)`` (which equals ``rowsum(P * dP)``):
     ``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - delta)``, ``dQ = scale * dS K``,
-    ``dK = scale * dS^T Q``.
+    ``dK = scale * dS^T Q``. Each key block owns its rows of dK and dV; dQ, which every
+    key block adds to, is accumulated per worker and summed at the end (a fixed
+    assignment of key blocks to workers, so the result is deterministic).
     """
     b, hk, g, seqlen_q, d = q.shape
     seqlen_k = k.shape[2]
     acc_dtype = _accum_dtype(q.dtype)
     # rows that saw nothing have lse = -inf; shifting by +inf makes their P exactly 0
     lse_shift = torch.where(torch.isinf(lse), torch.full_like(lse, float("inf")), lse)
-    dq = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)  # (B, Hk, G, Sq, D)
+    delta = torch.empty_like(lse_shift)  # (B, Hk, G, Sq)
+    for i0 in range(0, seqlen_q, block_q):  # tile by tile: no (N, D) temporary
+        i1 = min(i0 + block_q, seqlen_q)
+        do_rows, out_rows = grad_out[:, :, :, i0:i1], out[:, :, :, i0:i1]
+        delta[:, :, :, i0:i1] = (do_rows.to(acc_dtype) * out_rows.to(acc_dtype)).sum(-1)
     dk = torch.zeros(k.shape, dtype=acc_dtype, device=k.device)  # (B, Hk, Sk, D)
     dv = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)  # (B, Hk, Sk, D)
-    for i0 in range(0, seqlen_q, block_q):
-        i1 = min(i0 + block_q, seqlen_q)
-        lo, hi = (0, seqlen_k) if attn_mask is not None else band.key_range(i0, i1, seqlen_k)
-        if hi <= lo:
-            continue
-        q_tile = _rows(q, i0, i1, acc_dtype) * scale  # (B, Hk, G*bq, D)
-        do_tile = _rows(grad_out, i0, i1, acc_dtype)  # (B, Hk, G*bq, D)
-        rows = q_tile.shape[2]
-        lse_tile = lse_shift[:, :, :, i0:i1].reshape(b, hk, rows, 1)  # (B, Hk, G*bq, 1)
-        # delta = rowsum(dO * O), one tile at a time so that no (N, D) temporary appears
-        out_tile = _rows(out, i0, i1, acc_dtype)  # (B, Hk, G*bq, D)
-        delta_tile = (do_tile * out_tile).sum(-1, keepdim=True)  # (B, Hk, G*bq, 1)
-        dq_tile = torch.zeros((b, hk, rows, d), dtype=acc_dtype, device=q.device)
-        for j0 in range(lo, hi, block_k):
-            j1 = min(j0 + block_k, hi)
+    key_starts = list(range(0, seqlen_k, block_k))
+    workers = max(1, min(torch.get_num_threads(), len(key_starts)))
+    dq_parts = [torch.zeros(q.shape, dtype=acc_dtype, device=q.device) for _ in range(workers)]
+
+    def key_blocks(worker: int) -> None:  # key blocks worker, worker + W, ...: balanced
+        dq = dq_parts[worker]  # (B, Hk, G, Sq, D), this worker's own
+        for j0 in key_starts[worker::workers]:
+            j1 = min(j0 + block_k, seqlen_k)
+            lo, hi = (0, seqlen_q) if attn_mask is not None else band.query_range(j0, j1, seqlen_q)
             k_tile = k[:, :, j0:j1].to(acc_dtype)  # (B, Hk, bk, D)
             v_tile = v[:, :, j0:j1].to(acc_dtype)  # (B, Hk, bk, D)
-            s = q_tile @ k_tile.transpose(-1, -2)  # (B, Hk, G*bq, bk)
-            _mask_tile(s, band, attn_mask, (i0, i1), (j0, j1), g)
-            p = s.sub_(lse_tile).exp_()  # (B, Hk, G*bq, bk): the forward's probabilities
-            dv[:, :, j0:j1] += p.transpose(-1, -2) @ do_tile  # (B, Hk, bk, D), sums over G
-            dp = do_tile @ v_tile.transpose(-1, -2)  # (B, Hk, G*bq, bk)
-            ds = dp.sub_(delta_tile).mul_(p)  # (B, Hk, G*bq, bk)
-            dq_tile += ds @ k_tile  # (B, Hk, G*bq, D)
-            dk[:, :, j0:j1] += ds.transpose(-1, -2) @ q_tile  # q_tile carries the scale already
-        dq[:, :, :, i0:i1] = dq_tile.view(b, hk, g, i1 - i0, d) * scale
+            for i0 in range(lo, hi, block_q):
+                i1 = min(i0 + block_q, hi)
+                q_tile = _rows(q, i0, i1, acc_dtype) * scale  # (B, Hk, G*bq, D)
+                do_tile = _rows(grad_out, i0, i1, acc_dtype)  # (B, Hk, G*bq, D)
+                rows = q_tile.shape[2]
+                lse_tile = lse_shift[:, :, :, i0:i1].reshape(b, hk, rows, 1)  # (B, Hk, G*bq, 1)
+                delta_tile = delta[:, :, :, i0:i1].reshape(b, hk, rows, 1)  # (B, Hk, G*bq, 1)
+                s = q_tile @ k_tile.transpose(-1, -2)  # (B, Hk, G*bq, bk)
+                _mask_tile(s, band, attn_mask, (i0, i1), (j0, j1), g)
+                p = s.sub_(lse_tile).exp_()  # (B, Hk, G*bq, bk): the forward's probabilities
+                dv[:, :, j0:j1] += p.transpose(-1, -2) @ do_tile  # (B, Hk, bk, D), sums over G
+                dp = do_tile @ v_tile.transpose(-1, -2)  # (B, Hk, G*bq, bk)
+                ds = dp.sub_(delta_tile).mul_(p)  # (B, Hk, G*bq, bk)
+                dq[:, :, :, i0:i1] += (ds @ k_tile).view(b, hk, g, i1 - i0, d)
+                dk[:, :, j0:j1] += ds.transpose(-1, -2) @ q_tile  # q_tile carries the scale
+
+    _run_parallel(key_blocks, list(range(workers)))
+    dq = dq_parts[0]
+    for part in dq_parts[1:]:
+        dq += part
+    dq *= scale
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
