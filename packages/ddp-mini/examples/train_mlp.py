@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 if result["losses"]
                 else "nothing to do"
             )
+        dist.barrier()  # leave together: a peer vanishing mid-teardown can abort gloo
     finally:
         dist.destroy_process_group()
     return 0

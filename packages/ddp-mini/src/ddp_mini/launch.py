@@ -61,6 +61,7 @@ def _child(
         )
         try:
             value = fn(rank, *args)
+            dist.barrier()  # tear down together: a peer vanishing mid-teardown aborts gloo
         finally:
             dist.destroy_process_group()
         # plain pickle: torch's multiprocessing pickler would share tensor storage

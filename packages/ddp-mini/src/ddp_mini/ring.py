@@ -33,18 +33,20 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def _exchange(
     send: torch.Tensor, dst: int, recv: torch.Tensor, src: int, group: dist.ProcessGroup
 ) -> None:
-    """Send ``send`` to group rank ``dst`` while receiving ``recv`` from ``src``.
+    """Send ``send`` to group rank ``dst`` while receiving ``recv`` from group rank ``src``.
 
-    Both sides know every chunk length, so an empty chunk is skipped on both ends
-    (nothing is sent and nothing is expected).
+    Posted together through ``batch_isend_irecv`` so that NCCL, whose send and recv to
+    one peer share a stream, groups them instead of deadlocking. Both sides know every
+    chunk length, so an empty chunk is skipped on both ends.
     """
-    works = []
+    ops = []
     if recv.numel() > 0:
-        works.append(group.recv([recv], src, 0))
+        ops.append(dist.P2POp(dist.irecv, recv, dist.get_global_rank(group, src), group))
     if send.numel() > 0:
-        works.append(group.send([send], dst, 0))
-    for work in works:
-        work.wait()
+        ops.append(dist.P2POp(dist.isend, send, dist.get_global_rank(group, dst), group))
+    if ops:
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
 
 
 def ring_allreduce(
@@ -60,6 +62,9 @@ def ring_allreduce(
         op: ``"sum"`` or ``"avg"`` (the sum divided by the group size, in the tensor's
             dtype).
         group: the process group (default: the world). Every rank of the group must call.
+
+    CPU tensors (gloo) take the pipelined schedule (1 MB messages, both phases
+    overlapped); CUDA tensors (NCCL) one grouped send/recv per step.
 
     Matches ``dist.all_reduce(tensor, op=ReduceOp.SUM)`` (``AVG`` for ``"avg"``) up to the
     order of the floating-point additions: chunk ``c`` is summed in ring order starting
@@ -79,7 +84,10 @@ def ring_allreduce(
     if world > 1:
         contiguous = tensor.is_contiguous()
         flat = tensor.view(-1) if contiguous else tensor.reshape(-1).clone()
-        _ring_sum_pipelined(flat, group)
+        if flat.device.type == "cpu":
+            _ring_sum_pipelined(flat, group)
+        else:  # NCCL: one grouped send/recv per step (see _exchange)
+            _ring_sum_stepwise(flat, group)
         if not contiguous:
             tensor.copy_(flat.view(tensor.shape))
     if op == "avg":
@@ -91,11 +99,12 @@ def _ring_sum_stepwise(flat: torch.Tensor, group: dist.ProcessGroup) -> None:
     """The readable ring: sum a contiguous 1-D tensor over ``group`` in place.
 
     One whole-chunk exchange per step; :func:`_ring_sum_pipelined` is the same schedule
-    cut into segments (what ``ring_allreduce`` runs).
+    cut into segments (what ``ring_allreduce`` runs on CPU tensors). This one serves
+    device tensors, where the backend (NCCL) needs each step's send and recv grouped.
     """
     world, rank, right, left = _ring_neighbours(group)
     chunks = torch.tensor_split(flat, world)  # N views, lengths differ by at most one
-    scratch = torch.empty_like(chunks[0])  # chunk 0 is the longest
+    scratch = _scratch(chunks[0], 1)[0]  # chunk 0 is the longest
 
     # reduce-scatter: after N-1 steps chunk (rank + 1) % N holds the full sum here
     for step in range(world - 1):
