@@ -10,6 +10,11 @@ and recomputes each probability tile as ``exp(s - lse)``.
 Layout inside this module: queries ``(B, Hk, G, S, D)`` where ``G = H // Hk`` query heads
 share one key/value head, keys and values ``(B, Hk, S, D)``. One tile of scores is
 ``(B, Hk, G * block_q, block_k)``, so grouped-query attention costs no copy of k or v.
+
+Parallelism mirrors the GPU grid: the forward hands query blocks, the backward key
+blocks, to worker threads that each run single-threaded torch ops. Tiles are small
+(128 x 512 by default: 256 KiB of float32 scores per head), so peak memory stays a
+small constant plus O(N) however long the sequence.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 
 from .masking import Band
 
-DEFAULT_BLOCK_Q = 256
+DEFAULT_BLOCK_Q = 128
 DEFAULT_BLOCK_K = 512
 
 
