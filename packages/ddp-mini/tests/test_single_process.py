@@ -157,7 +157,7 @@ def test_allreduce_starts_during_backward_when_overlapping(world1, monkeypatch):
         log = ready_at_launch.setdefault(overlap, [])
 
         def spy(self, bucket, log=log):
-            log.append(sum(self._ready))  # how many gradients existed at launch
+            log.append(sum(self._sync.ready))  # how many gradients existed at launch
             return original(self, bucket)
 
         monkeypatch.setattr(ddp_mini.DistributedDataParallel, "_launch", spy)

@@ -30,12 +30,16 @@ class Bucket:
     pending: int = 0  # parameters whose gradient is not ready yet this iteration
     handle: Any = None  # dist.Work or Future of the running all-reduce
     wire: torch.Tensor | None = None  # the tensor actually all-reduced (compressed copy)
-    launched: bool = field(default=False)
+    launched: bool = False
+    views: list[torch.Tensor] = field(default_factory=list)  # (numel_k,) slices of buffer
+
+    def __post_init__(self) -> None:
+        spans = zip(self.offsets, self.numels, strict=True)
+        self.views = [self.buffer[o : o + n] for o, n in spans]
 
     def view(self, k: int) -> torch.Tensor:
         """The slice of the buffer that belongs to the k-th parameter of this bucket."""
-        start = self.offsets[k]
-        return self.buffer[start : start + self.numels[k]]
+        return self.views[k]
 
 
 def assign_buckets(params: list[torch.Tensor], cap_bytes: float) -> list[list[int]]:
