@@ -233,3 +233,16 @@ def test_find_unused_reached_but_unused_output(world1):
     peer(x)[0].sum().backward()
     assert ours.module.b.weight.grad is None and peer.module.b.weight.grad is None
     torch.testing.assert_close(ours.module.a.weight.grad, peer.module.a.weight.grad)
+
+
+def test_a_discarded_wrapper_is_freed_and_a_new_one_works(world1):
+    import gc
+    import weakref
+
+    model = mlp()
+    old = weakref.ref(ddp_mini.DistributedDataParallel(model))
+    gc.collect()
+    assert old() is None  # the hooks left on the parameters do not keep it alive
+    ddp = ddp_mini.DistributedDataParallel(model)
+    ddp(torch.randn(2, 3, dtype=torch.float64)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())

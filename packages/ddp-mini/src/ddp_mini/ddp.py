@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields, is_dataclass
@@ -213,8 +214,13 @@ class DistributedDataParallel(nn.Module):
             )
 
     def _make_hook(self, index: int):  # noqa: ANN202 - autograd hook
+        # a weak reference: a discarded wrapper must not stay alive through its hooks
+        owner = weakref.ref(self)
+
         def hook(param: torch.Tensor) -> None:
-            self._on_grad_ready(index)
+            ddp = owner()
+            if ddp is not None:
+                ddp._on_grad_ready(index)
 
         return hook
 
