@@ -180,3 +180,16 @@ def test_bottom_right_alignment_literal():
     torch.testing.assert_close(
         window, torch.tensor([[0, 0, 0.5, 0.5, 0], [0, 0, 0, 0.5, 0.5]], dtype=torch.float64)
     )
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_works_under_no_grad_and_inference_mode(mode, monkeypatch):
+    # small tiles: several query blocks, so the worker threads are used
+    monkeypatch.setattr(interface, "DEFAULT_BLOCK_Q", 16)
+    monkeypatch.setattr(interface, "DEFAULT_BLOCK_K", 16)
+    q, k, v, _ = make_qkv(1, 67, 53, 4, 2, 16, dtype=torch.float64, seed=14)
+    context = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
+    with context:
+        out = flashattn_lite.flash_attn_func(q, k, v, causal=True, backend="torch")
+    ref = flashattn_lite.attention_reference(q.detach(), k.detach(), v.detach(), causal=True)
+    assert max_err(out, ref) < 1e-12

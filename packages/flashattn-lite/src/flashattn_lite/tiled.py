@@ -75,8 +75,12 @@ def _run_parallel(task, items: list) -> None:
     for each of the many small tile operations (which stalls badly on a busy machine).
     """
 
+    # grad and inference modes are per thread: give the workers the caller's (in-place
+    # writes into inference tensors are only allowed under inference mode)
+    inference = torch.is_inference_mode_enabled()
+
     def run(item):
-        with torch.no_grad():  # grad mode is per thread: workers start with it on
+        with torch.no_grad(), torch.inference_mode(inference):
             task(item)
 
     workers = min(torch.get_num_threads(), len(items))
