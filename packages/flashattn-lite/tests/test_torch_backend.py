@@ -193,3 +193,19 @@ def test_works_under_no_grad_and_inference_mode(mode, monkeypatch):
         out = flashattn_lite.flash_attn_func(q, k, v, causal=True, backend="torch")
     ref = flashattn_lite.attention_reference(q.detach(), k.detach(), v.detach(), causal=True)
     assert max_err(out, ref) < 1e-12
+
+
+def test_workers_build_no_autograd_graph():
+    """The tiles run on worker threads; none may record autograd history (memory)."""
+    from flashattn_lite.masking import Band
+    from flashattn_lite.tiled import tiled_backward, tiled_forward
+
+    q, k, v, grad = make_qkv(1, 70, 70, 2, 2, 16, dtype=torch.float32, seed=15)
+    qg, kh, vh = q.transpose(1, 2).unsqueeze(2), k.transpose(1, 2), v.transpose(1, 2)
+    band = Band(diagonal=0, right=0)
+    out, lse = tiled_forward(qg, kh, vh, 0.25, band, block_q=16, block_k=16)
+    assert not out.requires_grad and not lse.requires_grad
+    grads = tiled_backward(
+        grad.transpose(1, 2).unsqueeze(2), qg, kh, vh, out, lse, 0.25, band, block_q=16, block_k=16
+    )
+    assert not any(g.requires_grad for g in grads)

@@ -80,7 +80,8 @@ def _run_parallel(task, items: list) -> None:
     inference = torch.is_inference_mode_enabled()
 
     def run(item):
-        with torch.no_grad(), torch.inference_mode(inference):
+        # not inference_mode(False): that guard switches grad mode back on
+        with torch.inference_mode() if inference else torch.no_grad():
             task(item)
 
     workers = min(torch.get_num_threads(), len(items))
