@@ -26,7 +26,7 @@ SIZES = harness.pick(
     cpu=[(10_000_000, 100), (1_000_000, 20)],
     gpu=[(10_000_000, 100), (1_000_000, 20), (100_000_000, 200)],
 )
-ROUNDS = harness.pick(cpu=7, gpu=None)  # fixed on the CPU: the preset must stay short
+ROUNDS = harness.pick(cpu=5, gpu=None)  # fixed on the CPU: the preset must stay short
 IMPLS = [
     "triton",
     "compiled",
@@ -66,6 +66,8 @@ def _optimizer(impl: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
 def test_adamw_step(benchmark, impl, total, count):
     if DEVICE == "cpu" and impl in CPU_SKIP:
         pytest.skip(f"{impl} is timed on CUDA only")
+    if DEVICE == "cpu" and impl == "foreach" and total > 1_000_000:
+        pytest.skip("CPU foreach is a loop of per-op passes: timed at 1M only (preset budget)")
     if impl == "triton" and not HAS_TRITON:
         pytest.skip("triton is not installed")
     params = _params(total, count)
