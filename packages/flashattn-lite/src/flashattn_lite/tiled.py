@@ -66,7 +66,7 @@ def _single_threaded_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _run_parallel(task, items: list) -> None:
+def _run_parallel(task, items: list, device: torch.device) -> None:
     """Run ``task(item)`` for every item, on as many threads as torch's intra-op pool.
 
     Like the GPU kernels' grid, the tiles of different query blocks (forward) or key
@@ -84,7 +84,8 @@ def _run_parallel(task, items: list) -> None:
         with torch.inference_mode() if inference else torch.no_grad():
             task(item)
 
-    workers = min(torch.get_num_threads(), len(items))
+    # on an accelerator the ops are asynchronous already: threads would only contend
+    workers = min(torch.get_num_threads(), len(items)) if device.type == "cpu" else 1
     if workers <= 1:
         for item in items:
             run(item)
@@ -148,7 +149,7 @@ def tiled_forward(
         lse_tile = torch.where(seen, m_shift + torch.log(l), torch.full_like(l, float("-inf")))
         lse[:, :, :, i0:i1] = lse_tile.view(b, hk, g, i1 - i0)
 
-    _run_parallel(query_block, list(range(0, seqlen_q, block_q)))
+    _run_parallel(query_block, list(range(0, seqlen_q, block_q)), q.device)
     return out, lse
 
 
@@ -187,6 +188,8 @@ def tiled_backward(
     dv = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)  # (B, Hk, Sk, D)
     key_starts = list(range(0, seqlen_k, block_k))
     workers = max(1, min(torch.get_num_threads(), len(key_starts)))
+    if q.device.type != "cpu":
+        workers = 1
     dq_parts = [torch.zeros(q.shape, dtype=acc_dtype, device=q.device) for _ in range(workers)]
 
     def key_blocks(worker: int) -> None:  # key blocks worker, worker + W, ...: balanced
@@ -212,7 +215,7 @@ def tiled_backward(
                 dq[:, :, :, i0:i1] += (ds @ k_tile).view(b, hk, g, i1 - i0, d)
                 dk[:, :, j0:j1] += ds.transpose(-1, -2) @ q_tile  # q_tile carries the scale
 
-    _run_parallel(key_blocks, list(range(workers)))
+    _run_parallel(key_blocks, list(range(workers)), q.device)
     dq = dq_parts[0]
     for part in dq_parts[1:]:
         dq += part
