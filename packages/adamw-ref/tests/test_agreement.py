@@ -36,23 +36,27 @@ def test_triton_matches_torch_for_200_steps(cls_name, hyper, dtype):
 
 
 def test_compiled_matches_torch_float32():
-    # One compilation (float32, AdamW + amsgrad); the full matrix below is marked slow.
-    torch.manual_seed(0)
-    p = torch.randn(37, 5, requires_grad=True)
-    q = p.detach().clone().requires_grad_()
+    # 9 tensors: one compiled chunk of 8 plus one single-tensor call (both graphs), one
+    # dtype and flag set (AdamW + amsgrad); the full matrix below is marked slow.
     import adamw_ref
 
-    ours = adamw_ref.AdamW([p], lr=1e-2, amsgrad=True, impl="compiled")
-    peer = torch.optim.AdamW([q], lr=1e-2, amsgrad=True, foreach=False)
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.randn(3 * i + 1, generator=gen).requires_grad_() for i in range(9)]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    ours = adamw_ref.AdamW(ps, lr=1e-2, amsgrad=True, impl="compiled")
+    peer = torch.optim.AdamW(qs, lr=1e-2, amsgrad=True, foreach=False)
     for step in range(200):
-        g = torch.randn_like(p)
-        p.grad, q.grad = g.clone(), g.clone()
+        for p, q in zip(ps, qs, strict=True):
+            g = torch.randn(p.shape, generator=gen)
+            p.grad, q.grad = g.clone(), g.clone()
         if step == 100:
             ours.param_groups[0]["lr"] = peer.param_groups[0]["lr"] = 3e-3
         ours.step()
         peer.step()
-    assert_close_params([p], [q], torch.float32, "compiled")
-    torch.testing.assert_close(ours.state[p]["exp_avg_sq"], peer.state[q]["exp_avg_sq"])
+    assert_close_params(ps, qs, torch.float32, "compiled")
+    for p, q in zip(ps, qs, strict=True):
+        torch.testing.assert_close(ours.state[p]["exp_avg_sq"], peer.state[q]["exp_avg_sq"])
+        torch.testing.assert_close(ours.state[p]["max_exp_avg_sq"], peer.state[q]["max_exp_avg_sq"])
 
 
 @pytest.mark.slow
