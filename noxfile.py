@@ -146,7 +146,7 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole tree."""
-    session.install("ruff>=0.6")
+    session.install("ruff==0.17.6")  # pinned: formatting must not drift between machines
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 

@@ -71,6 +71,26 @@ def test_forward_matches_eager_and_sdpa(models, calls):
     assert calls == [False, False]  # both layers ran our band (causal) path
 
 
+def test_bf16_autocast_forward_and_backward_match_sdpa(models):
+    # Under autocast, q/k come out of the rotary embedding in float32 and v in bfloat16;
+    # like SDPA we must compute in the autocast dtype rather than reject the mix.
+    _, sdpa, ours = models
+    ids = torch.randint(0, 97, (2, 23), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = sdpa.float()(ids).logits  # float32 reference, no autocast
+    outs = []
+    for model in (sdpa, ours):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(ids).logits
+        logits.float().square().mean().backward()
+        outs.append((logits.float(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    (peer, peer_grad), (got, got_grad) = outs
+    err_ours, err_peer = (got - ref).abs().max(), (peer - ref).abs().max()
+    assert err_ours <= 2 * err_peer + 1e-2  # the flash-attention rule, bf16
+    torch.testing.assert_close(got_grad, peer_grad, atol=5e-2, rtol=5e-2)
+
+
 def test_forward_with_left_padding_matches_eager(models, calls):
     eager, _, ours = models
     gen = torch.Generator().manual_seed(2)

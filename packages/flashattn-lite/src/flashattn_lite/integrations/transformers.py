@@ -58,6 +58,13 @@ def attention_forward(
     for name in ("softcap", "s_aux"):
         if kwargs.get(name) is not None:
             raise ValueError(f"{name} is not supported by flashattn_lite attention")
+    # Under autocast transformers hands over mixed dtypes (rotary embeddings promote q
+    # and k to float32 while v stays in the autocast dtype). SDPA is on autocast's
+    # lower-precision list and casts all three to the autocast dtype; so do we.
+    device_type = query.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        query, key, value = (t.to(dtype) for t in (query, key, value))
     check_qkv(query, key, value, ("query", "key", "value"), "bhsd")
     seqlen_q, seqlen_k = query.shape[2], key.shape[2]
     if is_causal is None:
