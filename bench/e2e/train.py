@@ -147,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         dist.barrier()
 
     tokens_per_step = world * args.batch * args.seq_len
-    bar = tqdm(total=planned, initial=step, disable=rank != 0, desc="train", unit="step")
+    bar = tqdm(
+        total=planned, initial=step, disable=rank != 0, desc="train", unit="step", mininterval=2
+    )
     started, started_step = time.perf_counter(), step
     while planned is None or step < planned:
         lr = lr_at(step, planned or args.max_steps, args.lr, warmup=20)
