@@ -39,6 +39,7 @@ COLUMNS = [
     "throughput_unit",
     "speedup_vs_peer",
     "pct_of_limit",
+    "peak_mem_bytes",
     "torch_version",
     "git_sha",
     "timestamp",
@@ -93,6 +94,7 @@ def load_results(json_path: Path) -> pd.DataFrame:
                 "throughput_unit": f"{info['work_unit']}/s" if work else "",
                 "speedup_vs_peer": None,
                 "pct_of_limit": _pct_of_limit(info, median, ceilings),
+                "peak_mem_bytes": info.get("peak_mem_bytes"),
                 "torch_version": machine.get("torch_version"),
                 "git_sha": git_sha,
                 "timestamp": data.get("datetime"),
@@ -153,6 +155,10 @@ def package_table(frame: pd.DataFrame, package: str) -> str:
     if not out:
         return "_no paired cases_"
     return _markdown(pd.DataFrame(out))
+
+
+def _mib(value) -> str:
+    return "" if value is None or pd.isna(value) else f"{value / 2**20:.1f}"
 
 
 def provenance(frame: pd.DataFrame) -> str:

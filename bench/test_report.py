@@ -43,7 +43,7 @@ def bench_json(tmp_path: Path) -> Path:
         "datetime": "2026-12-01T10:00:00",
         "benchmarks": [
             fake_benchmark("torch", "", 0.004),
-            fake_benchmark("ours", "torch", 0.002),
+            fake_benchmark("ours", "torch", 0.002, peak_mem_bytes=3 * 2**20),
             fake_benchmark("ours-slow", "torch", 0.008),
             {"name": "unrelated", "extra_info": {}, "stats": {"median": 1, "iqr": 0, "rounds": 1}},
         ],
@@ -76,6 +76,7 @@ def test_report_files_are_written(bench_json: Path, tmp_path: Path) -> None:
     assert list(csv.columns) == report.COLUMNS and len(csv) == 3
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## toy" in md and "2.00x" in md and "0.50x" in md
+    assert "ours peak MiB" in md and "3.0" in md  # memory shows where a case measured it
 
 
 def test_readme_table_is_replaced_between_markers(bench_json: Path, tmp_path: Path) -> None:
