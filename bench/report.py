@@ -131,6 +131,8 @@ def package_table(frame: pd.DataFrame, package: str) -> str:
     """The markdown table of one package: one row per (case, params, impl) vs its peer."""
     rows = frame[frame["package"] == package]
     medians = rows.set_index([*PAIR_KEY, "impl"])["median_s"]
+    memory = rows.set_index([*PAIR_KEY, "impl"])["peak_mem_bytes"]
+    has_memory = bool(rows["peak_mem_bytes"].notna().any())
     out = []
     for _, row in rows.iterrows():
         if not row["peer"]:
@@ -152,6 +154,9 @@ def package_table(frame: pd.DataFrame, package: str) -> str:
                 "% of limit": "" if pd.isna(row["pct_of_limit"]) else f"{row['pct_of_limit']:.1f}",
             }
         )
+        if has_memory:  # cases that measure peak memory show it beside the times
+            out[-1]["ours peak MiB"] = _mib(row["peak_mem_bytes"])
+            out[-1]["peer peak MiB"] = _mib(memory.get(peer_key))
     if not out:
         return "_no paired cases_"
     return _markdown(pd.DataFrame(out))
