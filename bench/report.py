@@ -188,6 +188,10 @@ def write_report(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     for package in sorted(frame["package"].unique()):
         sections += [f"## {package}", "", package_table(frame, package), ""]
         sections.append(f"![{package}]({package}.png)\n")
+    e2e = out_dir / "e2e" / "e2e.md"
+    if e2e.exists():  # the end-to-end scenario's report (nox -s e2e), images relative to it
+        text = e2e.read_text().replace("](", "](e2e/").replace("# End to end", "## End to end")
+        sections += [text, ""]
     written[1].write_text("\n".join(sections))
     written += write_plots(frame, out_dir)
     return written

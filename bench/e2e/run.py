@@ -217,6 +217,16 @@ def write_report(work: Path, out: Path, rows: list[dict], heads: dict) -> Path:
     return path
 
 
+def append_to_bench_report(e2e_md: Path) -> None:
+    """Put the e2e section at the end of the bench report beside it, replacing an old one."""
+    bench_md = e2e_md.parent.parent / "report.md"
+    if not bench_md.exists():
+        return  # report.py appends it when the bench runs later
+    text = bench_md.read_text().split("\n## End to end")[0].rstrip() + "\n\n"
+    section = e2e_md.read_text().replace("](", "](e2e/").replace("# End to end", "## End to end")
+    bench_md.write_text(text + section)
+
+
 def _history(work: Path) -> pd.DataFrame:
     import torch
 
@@ -278,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     report = write_report(work, args.out, rows, heads_summary)
     print(report.read_text())
     shutil.copy(work / "train_summary.json", args.out / "train_summary.json")
+    append_to_bench_report(report)
     if not all(r["identical"] for r in rows):
         print("ERROR: a drafting decoder's greedy output differs from generate", file=sys.stderr)
         return 1
