@@ -175,7 +175,9 @@ def provenance(frame: pd.DataFrame) -> str:
     return (
         f"Measured on {first['device_name']} ({first['device']}), torch {first['torch_version']},"
         f" {str(first['timestamp'])[:10]}, commit {sha}. Times are medians; speedup ="
-        " peer median / our median."
+        " peer median / our median; % of limit = achieved bytes/s (or FLOP/s) over this"
+        " machine's measured large-copy bandwidth (or matmul rate): above 100 means the"
+        " working set stayed in cache."
     )
 
 
