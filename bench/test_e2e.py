@@ -69,3 +69,68 @@ def test_quick_profile_runs_end_to_end(tmp_path: Path):
         "tokens_per_s.png",
     ]:
         assert (tmp_path / "out" / name).is_file()
+
+
+def _train(out: Path, cache: Path, *extra: str) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        "-m",
+        "e2e.train",
+        "--cache",
+        str(cache),
+        "--out",
+        str(out),
+        "--max-files",
+        "40",
+        "--vocab-size",
+        "300",
+        "--hidden-size",
+        "64",
+        "--layers",
+        "1",
+        "--seq-len",
+        "32",
+        "--batch",
+        "2",
+        "--max-steps",
+        "12",
+        "--eval-every",
+        "6",
+        "--val-batches",
+        "2",
+        "--minutes",
+        "600",
+        *extra,
+    ]
+    result = subprocess.run(cmd, cwd=BENCH, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes_exactly(tmp_path: Path):
+    import torch
+
+    cache = tmp_path / "corpus"
+    _train(tmp_path / "straight", cache)
+    _train(tmp_path / "resumed", cache, "--stop-after", "6")
+    assert not (tmp_path / "resumed" / "train_summary.json").exists()  # it was interrupted
+    _train(tmp_path / "resumed", cache)  # the same command again: resumes at step 6
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 12
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]

@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder")
     parser.add_argument("--minutes", type=float, default=20.0, help="training time budget")
     parser.add_argument("--max-steps", type=int, default=100_000)
+    parser.add_argument(
+        "--stop-after", type=int, default=None, help="exit after the checkpoint at this step"
+    )
     parser.add_argument("--batch", type=int, default=16, help="sequences per rank per step")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -186,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         history.append(record)
         if "val_loss" in record:
             save()
+            if args.stop_after is not None and step >= args.stop_after:
+                break  # an interruption on purpose: the next start resumes from here
     bar.close()
-    if rank == 0:
+    if rank == 0 and planned is not None and step >= planned:  # finished, not interrupted
         summary = {
             "parameters": count_parameters(model),
             "steps": step,
