@@ -35,6 +35,7 @@ nox.options.reuse_existing_virtualenvs = False
 ROOT = Path(__file__).resolve().parent
 PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir() if (p / "pyproject.toml").is_file())
 CONSTRAINTS = os.environ.get("MONOREPO_CONSTRAINTS", str(ROOT / "tools" / "constraints.txt"))
+PACKAGE_DIRS = [str(ROOT / "packages" / p) for p in PACKAGES]
 BENCH_REQUIREMENTS = ROOT / "bench" / "requirements.txt"
 REPORTS = ROOT / "bench" / "reports" / "latest"
 
@@ -76,7 +77,7 @@ def tests(session: nox.Session, package: str) -> None:
 @nox.session
 def integration(session: nox.Session) -> None:
     """All packages together: cross-package tests, doc examples, every bench case once."""
-    install(session, *[str(ROOT / "packages" / p) for p in PACKAGES], "-r", str(BENCH_REQUIREMENTS))
+    install(session, *PACKAGE_DIRS, "-r", str(BENCH_REQUIREMENTS))
     session.chdir(ROOT / "bench")
     session.run(
         "python",
@@ -118,9 +119,7 @@ def bench(session: nox.Session) -> None:
     if args.preset == "gpu":
         env["PYTHONPATH"] = os.pathsep.join(str(ROOT / "packages" / p / "src") for p in PACKAGES)
     else:
-        install(
-            session, *[str(ROOT / "packages" / p) for p in PACKAGES], "-r", str(BENCH_REQUIREMENTS)
-        )
+        install(session, *PACKAGE_DIRS, "-r", str(BENCH_REQUIREMENTS))
     REPORTS.mkdir(parents=True, exist_ok=True)
     result_json = REPORTS / "benchmark.json"
     session.chdir(ROOT / "bench")
@@ -216,6 +215,6 @@ def e2e(session: nox.Session) -> None:
     the Medusa and MTP heads, decodes held-out prompts three ways and writes
     bench/reports/latest/e2e/. ``-- --fresh`` retrains, ``-- --quick`` is a smoke run.
     """
-    install(session, *[str(ROOT / "packages" / p) for p in PACKAGES], "-r", str(BENCH_REQUIREMENTS))
+    install(session, *PACKAGE_DIRS, "-r", str(BENCH_REQUIREMENTS))
     session.chdir(ROOT / "bench")
     session.run("python", "-m", "e2e.run", *session.posargs)

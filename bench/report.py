@@ -117,9 +117,10 @@ def add_speedups(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _markdown(table: pd.DataFrame) -> str:
+def markdown_table(table: pd.DataFrame, **tabulate_options) -> str:
+    """``table`` as GitHub markdown (tabulate when installed, else plain pipes)."""
     try:
-        return table.to_markdown(index=False)
+        return table.to_markdown(index=False, **tabulate_options)
     except ImportError:  # tabulate is missing (e.g. on a bare GPU box): plain pipes
         header = "| " + " | ".join(table.columns) + " |"
         rule = "|" + "|".join("---" for _ in table.columns) + "|"
@@ -159,7 +160,7 @@ def package_table(frame: pd.DataFrame, package: str) -> str:
             out[-1]["peer peak MiB"] = _mib(memory.get(peer_key))
     if not out:
         return "_no paired cases_"
-    return _markdown(pd.DataFrame(out))
+    return markdown_table(pd.DataFrame(out))
 
 
 def _mib(value) -> str:
@@ -181,6 +182,11 @@ def provenance(frame: pd.DataFrame) -> str:
     )
 
 
+def e2e_section(e2e_md: Path) -> str:
+    """The e2e report as a section of report.md beside its folder (image paths rebased)."""
+    return e2e_md.read_text().replace("](", "](e2e/").replace("# End to end", "## End to end")
+
+
 def write_report(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Write results.csv, report.md and one PNG per package into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,9 +197,8 @@ def write_report(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         sections += [f"## {package}", "", package_table(frame, package), ""]
         sections.append(f"![{package}]({package}.png)\n")
     e2e = out_dir / "e2e" / "e2e.md"
-    if e2e.exists():  # the end-to-end scenario's report (nox -s e2e), images relative to it
-        text = e2e.read_text().replace("](", "](e2e/").replace("# End to end", "## End to end")
-        sections += [text, ""]
+    if e2e.exists():  # the end-to-end scenario's report (nox -s e2e)
+        sections += [e2e_section(e2e), ""]
     written[1].write_text("\n".join(sections))
     written += write_plots(frame, out_dir)
     return written

@@ -17,6 +17,8 @@ import time
 import numpy as np
 import torch
 
+from e2e.model import greedy_generate
+
 
 def heldout_prompts(val: np.ndarray, n: int, length: int, seed: int = 11) -> list[torch.Tensor]:
     """``n`` prompts ``(1, length)`` int64 from the validation stream, spread over it."""
@@ -28,14 +30,7 @@ def heldout_prompts(val: np.ndarray, n: int, length: int, seed: int = 11) -> lis
 @torch.inference_mode()
 def greedy_reference(model, prompt: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, float]:
     start = time.perf_counter()
-    out = model.generate(
-        prompt,
-        attention_mask=torch.ones_like(prompt),
-        max_new_tokens=new_tokens,
-        do_sample=False,
-        eos_token_id=None,
-        pad_token_id=0,
-    )
+    out = greedy_generate(model, prompt, new_tokens)
     return out, time.perf_counter() - start
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from e2e.corpus import Corpus
+from e2e.model import greedy_generate
 
 
 def load_trained_model(ckpt_dir: Path, attention: str | None = None):
@@ -42,15 +43,7 @@ def distill_sequences(model, corpus: Corpus, n: int, prompt_len: int, new_tokens
     prompts = torch.from_numpy(
         np.stack([corpus.train[s : s + prompt_len] for s in starts]).astype(np.int64)
     )
-    out = model.generate(
-        prompts,
-        attention_mask=torch.ones_like(prompts),
-        max_new_tokens=new_tokens,
-        do_sample=False,
-        eos_token_id=None,
-        pad_token_id=0,
-    )
-    return out  # (n, prompt_len + new_tokens)
+    return greedy_generate(model, prompts, new_tokens)  # (n, prompt_len + new_tokens)
 
 
 def train_all_heads(model, corpus: Corpus, out_dir: Path, *, budget: dict) -> dict:

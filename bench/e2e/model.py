@@ -54,6 +54,20 @@ def build_model(config: ModelConfig, *, attention: str | None = None, seed: int 
     return model
 
 
+@torch.no_grad()  # not inference_mode: distilled sequences are training inputs later
+def greedy_generate(model, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """``model.generate`` greedily for exactly ``new_tokens`` tokens (no EOS stop):
+    ``(B, T)`` -> ``(B, T + new_tokens)`` int64."""
+    return model.generate(
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

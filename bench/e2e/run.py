@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+import report
+
 BENCH = Path(__file__).resolve().parents[1]
 PROFILES = {
     # the run the issue asks for: a useful model within 20 minutes on 2 cores
@@ -193,7 +195,7 @@ def write_report(work: Path, out: Path, rows: list[dict], heads: dict) -> Path:
         f"- heads: Medusa {heads['medusa']['num_heads']} heads, MTP depth {heads['mtp']['depth']}",
         f"- MTP draft acceptance rate: {mtp_rate:.1%}",
         "",
-        _markdown(summary),
+        report.markdown_table(summary, floatfmt=".3f"),
         "",
         "![training curve](training_curve.png)",
         "![acceptance by depth](acceptance_by_depth.png)",
@@ -223,8 +225,7 @@ def append_to_bench_report(e2e_md: Path) -> None:
     if not bench_md.exists():
         return  # report.py appends it when the bench runs later
     text = bench_md.read_text().split("\n## End to end")[0].rstrip() + "\n\n"
-    section = e2e_md.read_text().replace("](", "](e2e/").replace("# End to end", "## End to end")
-    bench_md.write_text(text + section)
+    bench_md.write_text(text + report.e2e_section(e2e_md))
 
 
 def _history(work: Path) -> pd.DataFrame:
@@ -235,13 +236,6 @@ def _history(work: Path) -> pd.DataFrame:
     if "val_loss" not in frame:
         frame["val_loss"] = float("nan")
     return frame
-
-
-def _markdown(frame: pd.DataFrame) -> str:
-    try:
-        return frame.to_markdown(index=False, floatfmt=".3f")
-    except ImportError:
-        return frame.to_string(index=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         corpus = build_corpus(args.cache, args.vocab_size, args.max_files)
     dist.barrier()
-    corpus = build_corpus(args.cache, args.vocab_size, args.max_files)  # cached by rank 0
+    if rank != 0:
+        corpus = build_corpus(args.cache, args.vocab_size, args.max_files)  # rank 0's cache
     train_tokens = corpus.train
     config = ModelConfig(
         vocab_size=corpus.vocab_size,
