@@ -280,3 +280,141 @@ def tiny_llama_compare(rank: int, find_unused: bool) -> float | None:
             opt.step()
     pairs = zip(ours_model.parameters(), peer_model.parameters(), strict=True)
     return max((a - b).abs().max().item() for a, b in pairs)
+
+
+# ----------------------------------------------------------------------------- divergent ranks
+
+FAST_FAIL_S = 10.0  # a regression that leaves a rank out of a collective fails this fast
+_FAST_GROUPS: dict[Any, Any] = {}
+
+
+def fast_fail_pair() -> Any:
+    """Ranks 0 and 1 with a 10 s collective timeout (made once per worker, on every rank)."""
+    import datetime
+
+    if "pair" not in _FAST_GROUPS:  # new_group is collective: every worker calls it here
+        timeout = datetime.timedelta(seconds=FAST_FAIL_S)
+        _FAST_GROUPS["pair"] = dist.new_group(ranks=[0, 1], timeout=timeout)
+    return _FAST_GROUPS["pair"] if dist.get_rank() in (0, 1) else None
+
+
+class Branches(nn.Module):
+    """A trunk, two heads and a parameter-free output; forward computes the heads asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Linear(5, 7)
+        self.left = nn.Linear(7, 3)
+        self.right = nn.Linear(7, 2)
+
+    def forward(self, x: torch.Tensor, heads: tuple[str, ...] = ("left", "right")) -> dict:
+        out = {"free": x.pow(2).sum(-1)}  # (B,) reaches the input only, no parameter
+        if heads:
+            h = torch.tanh(self.trunk(x))  # (B, 7)
+            for name in heads:
+                out[name] = getattr(self, name)(h)  # (B, 3) / (B, 2)
+        return out
+
+
+# step name -> per rank: (heads forward computes, outputs the loss uses, extra forward first)
+DIVERGENT_STEPS: dict[str, tuple[tuple, tuple]] = {
+    "same": ((("left", "right"), ("left", "right"), None),) * 2,
+    # rank 1's loss reaches no parameter although its forward reached them all
+    "rank1-no-grad": (
+        (("left", "right"), ("left", "right", "free"), None),
+        (("left", "right"), ("free",), None),
+    ),
+    # rank 1's forward reaches no parameter at all
+    "rank1-no-params-in-forward": (
+        (("left", "right"), ("left", "right"), None),
+        ((), ("free",), None),
+    ),
+    # each rank's loss uses the other head (both heads computed)
+    "other-heads": ((("left", "right"), ("left",), None), (("left", "right"), ("right",), None)),
+    # rank 1 does not compute the right head at all
+    "rank1-skips-head": (
+        (("left", "right"), ("left", "right"), None),
+        (("left",), ("left",), None),
+    ),
+    # nobody's loss reaches a parameter: nothing is reduced, .grad stays None (as torch)
+    "nobody": ((("left", "right"), ("free",), None),) * 2,
+    # rank 0 runs a forward without backward first (evaluation with grad enabled) in
+    # which the right head is unused: that must start no all-reduce
+    "rank0-forward-only-first": (
+        (("left", "right"), ("left", "right"), ("left",)),
+        (("left", "right"), ("right",), None),
+    ),
+}
+
+
+def divergent_backward(
+    rank: int, steps: list[str], ours_kwargs: dict, with_peer: bool = True
+) -> dict | None:
+    """ddp-mini vs torch DDP vs one process, find_unused_parameters=True, divergent ranks.
+
+    Runs ``steps`` (keys of DIVERGENT_STEPS) in order, one momentum-SGD step each, on a
+    2-rank group with a short timeout. The one-process reference runs every rank's
+    forward and loss itself (inputs are seeded per rank) and sums the losses / world.
+    ``with_peer=False`` leaves torch DDP out (it hangs in "rank1-no-params-in-forward").
+    Returns every model's gradients after every step and the final parameters.
+    """
+    pg = fast_fail_pair()
+    if pg is None:
+        return None
+    world = dist.get_world_size(pg)
+    torch.manual_seed(7)
+    reference = Branches().double()  # rank 0's initialisation, one process
+    torch.manual_seed(7 + rank)  # different initialisations: rank 0's must win
+    ours_model = Branches().double()
+    models = {"ours": ours_model, "reference": reference}
+    cap = ours_kwargs.get("bucket_cap_mb", 25.0)
+    wrapped = {
+        "ours": ddp_mini.DistributedDataParallel(
+            ours_model, process_group=pg, find_unused_parameters=True, **ours_kwargs
+        )
+    }
+    if with_peer:
+        models["peer"] = copy.deepcopy(ours_model)
+        wrapped["peer"] = nn.parallel.DistributedDataParallel(
+            models["peer"], process_group=pg, find_unused_parameters=True, bucket_cap_mb=cap
+        )
+    opts = {k: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for k, m in models.items()}
+    gens = [torch.Generator().manual_seed(50 + r) for r in range(world)]
+    grads: list[dict] = []
+    for name in steps:
+        xs = [torch.randn(4, 5, generator=gen, dtype=torch.float64) for gen in gens]
+        heads, used, extra = DIVERGENT_STEPS[name][rank]
+        for label, m in wrapped.items():
+            opts[label].zero_grad()
+            if extra is not None:
+                m(xs[rank], heads=extra)  # output discarded, no backward
+            out = m(xs[rank].clone().requires_grad_(), heads=heads)
+            sum(out[k].sum() for k in used).backward()
+        opts["reference"].zero_grad()
+        for r in range(world):
+            r_heads, r_used, _ = DIVERGENT_STEPS[name][r]
+            out = reference(xs[r].clone().requires_grad_(), heads=r_heads)
+            (sum(out[k].sum() for k in r_used) / world).backward()
+        for opt in opts.values():
+            opt.step()
+        grads.append(
+            {
+                label: {
+                    n: None if p.grad is None else p.grad.clone() for n, p in m.named_parameters()
+                }
+                for label, m in models.items()
+            }
+        )
+    return {
+        "grads": grads,
+        **{label: {k: v.clone() for k, v in m.state_dict().items()} for label, m in models.items()},
+    }
+
+
+def no_param_reached_without_flag(rank: int) -> None:
+    """Spawned (2 ranks): rank 1's loss reaches no parameter, find_unused_parameters=False."""
+    torch.manual_seed(0)
+    ddp = ddp_mini.DistributedDataParallel(Branches())
+    for _ in range(2):
+        out = ddp(torch.randn(4, 5).requires_grad_())
+        (out["free"].sum() if rank == 1 else out["left"].sum() + out["right"].sum()).backward()

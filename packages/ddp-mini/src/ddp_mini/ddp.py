@@ -4,14 +4,22 @@ Life of one training iteration (``loss = ddp(x); loss.backward()``):
 
 1. forward: buffers are broadcast from rank 0 (as torch does), the per-iteration state
    is reset, the wrapped module runs. With ``find_unused_parameters`` the autograd graph
-   of the output is walked and parameters it does not reach are marked ready at once.
-2. backward: every parameter has a post-accumulate-grad hook. When the last gradient of
-   bucket k is accumulated, bucket k (and any later bucket already complete) is copied
-   into its flat buffer, pre-divided by the world size, and its all-reduce is started
+   of the output is walked and the parameters it does not reach are noted. Every output
+   tensor that requires grad gets a hook: backward through the output is how a rank
+   learns that its backward has begun, even if no parameter receives a gradient.
+2. backward: the first hook to fire (an output's or a parameter's) queues the
+   end-of-backward callback and marks the noted unused parameters ready (torch marks
+   them at its first hook too: a forward without backward launches nothing). Every
+   parameter has a post-accumulate-grad hook. When the last gradient of bucket k is
+   accumulated, bucket k (and any later bucket already complete) is copied into its
+   flat buffer, pre-divided by the world size, and its all-reduce is started
    asynchronously, strictly in bucket order so every rank issues the same sequence.
-3. end of backward: a callback queued on the autograd engine waits for every bucket and
-   copies the averaged gradients back into ``param.grad``, so ``backward()`` returns
-   with synchronised gradients and the optimizer step needs nothing special.
+3. end of backward: the callback marks whatever is still missing (a parameter the graph
+   reached but the loss did not use), launches the remaining buckets, waits for every
+   bucket and copies the averaged gradients back into ``param.grad``, so ``backward()``
+   returns with synchronised gradients and the optimizer step needs nothing special.
+   So every rank that runs backward joins every bucket's all-reduce, whatever subset of
+   the parameters its loss used (none at all included).
 """
 
 from __future__ import annotations
@@ -111,7 +119,8 @@ class _SyncState:
         self.ready = [False] * n_params  # gradient final (or marked unused) this iteration
         self.used = [False] * n_params  # got a gradient since the last synchronisation
         self.next_bucket = 0  # buckets launch strictly in order
-        self.callback_queued = False
+        self.backward_started = False  # the end-of-backward callback is queued
+        self.unused_at_forward: list[int] = []  # not reached by the output's graph
 
 
 class DistributedDataParallel(nn.Module):
@@ -224,6 +233,25 @@ class DistributedDataParallel(nn.Module):
 
         return hook
 
+    def _hook_outputs(self, output: Any) -> None:
+        """Hook every output tensor that requires grad: its gradient means "backward began".
+
+        Without it a rank whose loss reaches no parameter (it used only a parameter-free
+        output, or an output whose branch it skipped) never sees a hook, never joins the
+        all-reduces the other ranks started, and they wait until the timeout. torch's
+        DDP routes its outputs through ``_DDPSink`` for the same reason.
+        """
+        owner = weakref.ref(self)
+
+        def hook(grad: torch.Tensor) -> None:
+            ddp = owner()
+            if ddp is not None and ddp._sync.armed:
+                ddp._begin_backward()
+
+        for t in _tensors_in(output):
+            if t.requires_grad:
+                t.register_hook(hook)
+
     # ------------------------------------------------------------------ forward
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
         if self.broadcast_buffers and self._sync.forward_buffer_sync and self.world_size > 1:
@@ -236,11 +264,13 @@ class DistributedDataParallel(nn.Module):
         output = self.module(*inputs, **kwargs)
         # like torch: the next forward syncs buffers only after a synchronising forward
         self._sync.forward_buffer_sync = self._sync.armed
-        if self._sync.armed and self.find_unused_parameters:
-            reached = _reachable_leaves(output)
-            for index, p in enumerate(self._params):
-                if id(p) not in reached:
-                    self._mark_ready(index, used=False)
+        if self._sync.armed:
+            if self.find_unused_parameters:
+                reached = _reachable_leaves(output)
+                self._sync.unused_at_forward = [
+                    index for index, p in enumerate(self._params) if id(p) not in reached
+                ]
+            self._hook_outputs(output)
         return output
 
     @contextlib.contextmanager
@@ -262,7 +292,8 @@ class DistributedDataParallel(nn.Module):
                 self._wait(bucket)
         self._sync.ready = [False] * len(self._params)
         self._sync.next_bucket = 0
-        self._sync.callback_queued = False
+        self._sync.backward_started = False
+        self._sync.unused_at_forward = []
         for bucket in self._buckets:
             bucket.pending = len(bucket.indices)
             bucket.handle = bucket.wire = None
@@ -279,10 +310,22 @@ class DistributedDataParallel(nn.Module):
                 "was already reduced in this iteration (used twice across backward "
                 "calls, or reached by a path find_unused_parameters could not see)"
             )
-        if not self._sync.callback_queued:
-            self._sync.callback_queued = True
-            torch.autograd.Variable._execution_engine.queue_callback(self._finish_backward)
+        self._begin_backward()
         self._mark_ready(index, used=True)
+
+    def _begin_backward(self) -> None:
+        """First hook of this iteration's backward: queue the end, mark the unused ready.
+
+        Marking the unused parameters here rather than in forward means a forward that is
+        never followed by backward (evaluation with grad enabled) starts no all-reduce
+        that the other ranks would not match.
+        """
+        if self._sync.backward_started:
+            return
+        self._sync.backward_started = True
+        torch.autograd.Variable._execution_engine.queue_callback(self._finish_backward)
+        for index in self._sync.unused_at_forward:
+            self._mark_ready(index, used=False)
 
     def _mark_ready(self, index: int, *, used: bool) -> None:
         self._sync.ready[index] = True
