@@ -28,13 +28,13 @@ IDS = [
 
 
 @pytest.fixture(
-    params=[(256, 512), (16, 32), (7, 5)], ids=["default-blocks", "blocks16x32", "blocks7x5"]
+    params=[(256, 256), (16, 32), (7, 5)], ids=["blocks256x256", "blocks16x32", "blocks7x5"]
 )
 def blocks(request, monkeypatch):
     """Run the public function with the default tiles and with tiles far smaller than the inputs."""
     block_q, block_k = request.param
-    monkeypatch.setattr(interface, "DEFAULT_BLOCK_Q", block_q)
-    monkeypatch.setattr(interface, "DEFAULT_BLOCK_K", block_k)
+    monkeypatch.setattr(interface, "DEFAULT_FORWARD_BLOCKS", (block_q, block_k))
+    monkeypatch.setattr(interface, "DEFAULT_BACKWARD_BLOCKS", (block_q, block_k))
     return request.param
 
 
@@ -185,8 +185,8 @@ def test_bottom_right_alignment_literal():
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 def test_works_under_no_grad_and_inference_mode(mode, monkeypatch):
     # small tiles: several query blocks, so the worker threads are used
-    monkeypatch.setattr(interface, "DEFAULT_BLOCK_Q", 16)
-    monkeypatch.setattr(interface, "DEFAULT_BLOCK_K", 16)
+    monkeypatch.setattr(interface, "DEFAULT_FORWARD_BLOCKS", (16, 16))
+    monkeypatch.setattr(interface, "DEFAULT_BACKWARD_BLOCKS", (16, 16))
     q, k, v, _ = make_qkv(1, 67, 53, 4, 2, 16, dtype=torch.float64, seed=14)
     context = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
     with context:
@@ -209,3 +209,53 @@ def test_workers_build_no_autograd_graph():
         grad.transpose(1, 2).unsqueeze(2), qg, kh, vh, out, lse, 0.25, band, block_q=16, block_k=16
     )
     assert not any(g.requires_grad for g in grads)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (1, 67, 45, 4, 1, 16, True, (-1, -1)),  # 1 (batch, kv head) pair < workers: key split
+        (2, 45, 67, 6, 3, 16, False, (5, 9)),  # 6 pairs >= workers: whole heads per worker
+    ],
+    ids=["key-blocks-split", "heads-split"],
+)
+def test_backward_work_splits_match_reference(shape, threads, monkeypatch):
+    """Both ways of sharing the backward between worker threads give the exact gradients."""
+    monkeypatch.setattr(interface, "DEFAULT_FORWARD_BLOCKS", (16, 8))
+    monkeypatch.setattr(interface, "DEFAULT_BACKWARD_BLOCKS", (16, 8))
+    b, sq, sk, h, hk, d, causal, window = shape
+    q, k, v, grad = make_qkv(b, sq, sk, h, hk, d, dtype=torch.float64, seed=21)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours = ours_with_grads(q, k, v, grad, causal=causal, window_size=window, backend="torch")
+    finally:
+        torch.set_num_threads(previous)
+    ref = reference_with_grads(q, k, v, grad, causal=causal, window_size=window)
+    for name, a, r in zip(["out", "lse", "dq", "dk", "dv"], ours, ref, strict=True):
+        tol = 1e-6 if name == "lse" else 1e-12
+        assert max_err(a, r) <= tol * (1 + r.detach()[torch.isfinite(r)].abs().max()), name
+
+
+def test_per_head_mask_with_heads_split(monkeypatch):
+    """A (B, H, L, S) float mask is sliced per head when workers own whole heads."""
+    monkeypatch.setattr(interface, "DEFAULT_FORWARD_BLOCKS", (16, 16))
+    monkeypatch.setattr(interface, "DEFAULT_BACKWARD_BLOCKS", (16, 16))
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 4, 37, 16, generator=gen, requires_grad=True) for _ in range(3))
+    bias = torch.randn(2, 4, 37, 37, generator=gen)
+    bias[0, 1, :, 3:] = float("-inf")  # one head of one batch sees only 3 keys
+    grad = torch.randn(2, 4, 37, 16, generator=gen)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = flashattn_lite.scaled_dot_product_attention(q, k, v, attn_mask=bias, backend="torch")
+        ours = torch.autograd.grad(out, (q, k, v), grad)
+    finally:
+        torch.set_num_threads(previous)
+    peer = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    theirs = torch.autograd.grad(peer, (q, k, v), grad)
+    torch.testing.assert_close(out, peer, atol=2e-5, rtol=1e-4)
+    for a, r in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, r, atol=5e-5, rtol=1e-4)

@@ -13,7 +13,7 @@ import os
 import torch
 
 from .masking import Band, flash_band, sdpa_band
-from .tiled import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, TiledAttention
+from .tiled import DEFAULT_BACKWARD_BLOCKS, DEFAULT_FORWARD_BLOCKS, TiledAttention
 from .validation import check_flash_inputs, check_qkv, check_scale
 
 BACKENDS = ("auto", "torch", "triton")
@@ -70,7 +70,7 @@ def _attention(
 
         return triton_attention(q, k, v, scale, band, deterministic)
     out, lse = TiledAttention.apply(
-        q, k, v, scale, band, attn_mask, DEFAULT_BLOCK_Q, DEFAULT_BLOCK_K
+        q, k, v, scale, band, attn_mask, DEFAULT_FORWARD_BLOCKS, DEFAULT_BACKWARD_BLOCKS
     )
     return out, lse.float()
 

@@ -11,27 +11,72 @@ Layout inside this module: queries ``(B, Hk, G, S, D)`` where ``G = H // Hk`` qu
 share one key/value head, keys and values ``(B, Hk, S, D)``. One tile of scores is
 ``(B, Hk, G * block_q, block_k)``, so grouped-query attention costs no copy of k or v.
 
-Parallelism mirrors the GPU grid: the forward hands query blocks, the backward key
-blocks, to worker threads that each run single-threaded torch ops. Tiles are small
-(128 x 512 by default: 256 KiB of float32 scores per head), so peak memory stays a
-small constant plus O(N) however long the sequence.
+Exponentials are base 2 (scores carry a factor log2(e), folded into q), as in the GPU
+kernels: on the CPU torch's ``exp2`` is several times faster than its ``exp``.
+
+Parallelism mirrors the GPU grid: the forward hands query blocks, the backward whole
+heads (or key blocks when there are fewer heads than threads), to a persistent pool of
+worker threads that each run single-threaded torch ops. Each worker reuses its own
+scratch tiles (``(B, Hk, G*bq, bk)`` scores, a contiguous key tile), so the loop never
+allocates and peak memory stays a few tiles plus O(N) however long the sequence.
 """
 
 from __future__ import annotations
 
+import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from .masking import Band
 
-DEFAULT_BLOCK_Q = 128
-DEFAULT_BLOCK_K = 512
+# Tile sizes (query rows, keys) per direction, chosen by measurement on a 2-core AVX-512
+# CPU at head dim 64. A tile holds all heads of a batch element, (B, Hk, G*bq, bk) scores:
+# the forward keeps 128 x 256 (1 MiB of float32 scores at 8 heads) so that its memory
+# beyond the output stays a few MiB; the backward, whose outputs dq/dk/dv dominate its
+# memory anyway, uses 256 query rows, which halves the per-tile overhead.
+DEFAULT_FORWARD_BLOCKS = (128, 256)
+DEFAULT_BACKWARD_BLOCKS = (256, 256)
+
+# Every exponential is taken base 2, as in the FlashAttention kernels: scores are scaled by
+# log2(e) once (folded into q), so exp(x) = exp2(log2(e) * x). On the CPU torch's exp2 is
+# several times faster than its exp, and the exponential is the costliest step after the
+# two matmuls of a tile.
+LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
 
 
 def _accum_dtype(dtype: torch.dtype) -> torch.dtype:
     # low precision is accumulated in float32 like the GPU kernels; float64 stays float64
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _Scratch:
+    """Per-thread reusable buffers: ``get(name, shape)`` is a contiguous view of one.
+
+    Each worker thread owns its buffers (keyed by thread id), grown on demand and freed
+    with this object at the end of the call.
+    """
+
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        self.dtype, self.device = dtype, device
+        self.buffers: dict[tuple[int, str], torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        key = (threading.get_ident(), name)
+        numel = math.prod(shape)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=self.dtype, device=self.device)
+            self.buffers[key] = buf
+        return buf[:numel].view(shape)
+
+    def rows(self, name: str, x: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
+        """Rows ``[i0, i1)`` of ``x (B, Hk, G, S, D)`` copied into a ``(B, Hk, G*bq, D)`` buffer."""
+        bsz, nh, g, _, d = x.shape
+        tile = self.get(name, (bsz, nh, g, i1 - i0, d)).copy_(x[:, :, :, i0:i1])
+        return tile.view(bsz, nh, g * (i1 - i0), d)
 
 
 def _mask_tile(
@@ -42,7 +87,11 @@ def _mask_tile(
     keys: tuple[int, int],
     group: int,
 ) -> None:
-    """Apply the band and the optional SDPA mask to one ``(B, Hk, G*bq, bk)`` tile in place."""
+    """Apply the band and the optional SDPA mask to one ``(B, Hk, G*bq, bk)`` tile in place.
+
+    The tile holds scores in base-2 units (``log2(e) * scale * q @ k^T``), so an additive
+    float mask, given in natural-log units like SDPA's, is scaled by ``log2(e)`` too.
+    """
     (i0, i1), (j0, j1) = rows, keys
     tile = scores.view(scores.shape[0], scores.shape[1], group, i1 - i0, j1 - j0)  # (B,Hk,G,bq,bk)
     if band.needs_mask(i0, i1, j0, j1):
@@ -52,7 +101,7 @@ def _mask_tile(
         if mask_tile.dtype == torch.bool:
             tile.masked_fill_(~mask_tile, float("-inf"))
         else:
-            tile.add_(mask_tile.to(tile.dtype))
+            tile.add_(mask_tile.to(tile.dtype), alpha=LOG2E)
 
 
 def _rows(x: torch.Tensor, i0: int, i1: int, dtype: torch.dtype) -> torch.Tensor:
@@ -64,6 +113,27 @@ def _rows(x: torch.Tensor, i0: int, i1: int, dtype: torch.dtype) -> torch.Tensor
 def _single_threaded_worker() -> None:
     # intra-op threads are per OS thread: each worker runs its tiles on one core
     torch.set_num_threads(1)
+
+
+# One pool for the life of the process, rebuilt only when torch's thread count changes.
+# A fresh pool per call would pay thread start-up and, worse, let every new thread
+# allocate its own BLAS packing buffers and malloc arena: extra peak memory each call.
+_POOL: ThreadPoolExecutor | None = None
+_POOL_WORKERS = 0
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL, _POOL_WORKERS
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_WORKERS != workers:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)
+            _POOL = ThreadPoolExecutor(
+                workers, thread_name_prefix="flashattn-lite", initializer=_single_threaded_worker
+            )
+            _POOL_WORKERS = workers
+        return _POOL
 
 
 def _run_parallel(task, items: list, device: torch.device) -> None:
@@ -84,14 +154,16 @@ def _run_parallel(task, items: list, device: torch.device) -> None:
         with torch.inference_mode() if inference else torch.no_grad():
             task(item)
 
-    # on an accelerator the ops are asynchronous already: threads would only contend
+    # on an accelerator the ops are asynchronous already: threads would only contend;
+    # a worker thread of ours calling in again (nested use) runs inline, never deadlocks
+    nested = threading.current_thread().name.startswith("flashattn-lite")
     workers = min(torch.get_num_threads(), len(items)) if device.type == "cpu" else 1
-    if workers <= 1:
+    if workers <= 1 or nested:
         for item in items:
             run(item)
         return
-    with ThreadPoolExecutor(workers, initializer=_single_threaded_worker) as pool:
-        list(pool.map(run, items))  # list() re-raises a worker's exception here
+    pool = _pool(torch.get_num_threads())
+    list(pool.map(run, items))  # list() re-raises a worker's exception here
 
 
 def tiled_forward(
@@ -101,8 +173,8 @@ def tiled_forward(
     scale: float,
     band: Band,
     attn_mask: torch.Tensor | None = None,
-    block_q: int = DEFAULT_BLOCK_Q,
-    block_k: int = DEFAULT_BLOCK_K,
+    block_q: int = DEFAULT_FORWARD_BLOCKS[0],
+    block_k: int = DEFAULT_FORWARD_BLOCKS[1],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Online-softmax forward. q ``(B, Hk, G, Sq, D)``, k/v ``(B, Hk, Sk, D)``.
 
@@ -115,38 +187,47 @@ def tiled_forward(
     acc_dtype = _accum_dtype(q.dtype)
     out = torch.zeros_like(q)  # rows that see no key stay 0
     lse = torch.full((b, hk, g, seqlen_q), float("-inf"), dtype=acc_dtype, device=q.device)
+    scratch = _Scratch(acc_dtype, q.device)
 
     def query_block(i0: int) -> None:  # writes rows [i0, i1) of out and lse, nothing else
         i1 = min(i0 + block_q, seqlen_q)
         lo, hi = (0, seqlen_k) if attn_mask is not None else band.key_range(i0, i1, seqlen_k)
         if hi <= lo:
             return  # the band skips this whole block of queries
-        q_tile = _rows(q, i0, i1, acc_dtype) * scale  # (B, Hk, G*bq, D)
+        q_tile = _rows(q, i0, i1, acc_dtype) * (scale * LOG2E)  # (B, Hk, G*bq, D)
         rows = q_tile.shape[2]
         m = torch.full((b, hk, rows), float("-inf"), dtype=acc_dtype, device=q.device)
         l = torch.zeros((b, hk, rows), dtype=acc_dtype, device=q.device)
         acc = torch.zeros((b, hk, rows, d), dtype=acc_dtype, device=q.device)
         for j0 in range(lo, hi, block_k):
             j1 = min(j0 + block_k, hi)
-            k_tile = k[:, :, j0:j1].to(acc_dtype)  # (B, Hk, bk, D)
-            v_tile = v[:, :, j0:j1].to(acc_dtype)  # (B, Hk, bk, D)
-            s = q_tile @ k_tile.transpose(-1, -2)  # (B, Hk, G*bq, bk)
+            # A contiguous copy of the key tile: q @ k^T reading unit-stride rows of k is a
+            # plain GEMM, clearly faster than through k's (B, S, H, D) strides. Tiles live in
+            # per-thread scratch buffers reused by every tile: no allocation (and no page
+            # faults on fresh memory) inside the loop, and peak memory stays a few tiles.
+            k_tile = scratch.get("k", (b, hk, j1 - j0, d)).copy_(k[:, :, j0:j1])  # (B,Hk,bk,D)
+            v_tile = v[:, :, j0:j1]  # (B, Hk, bk, D), strided is fine for p @ v
+            if v_tile.dtype != acc_dtype:
+                v_tile = scratch.get("v", (b, hk, j1 - j0, d)).copy_(v_tile)
+            s = scratch.get("s", (b, hk, rows, j1 - j0))  # (B, Hk, G*bq, bk)
+            torch.matmul(q_tile, k_tile.transpose(-1, -2), out=s)  # base-2 scores
             _mask_tile(s, band, attn_mask, (i0, i1), (j0, j1), g)
             m_new = torch.maximum(m, s.amax(dim=-1))  # (B, Hk, G*bq)
             # a row with every key masked so far has m = -inf: shift by 0 to avoid inf - inf
             m_shift = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
-            p = s.sub_(m_shift[..., None]).exp_()  # (B, Hk, G*bq, bk), in place: s is dead
-            alpha = torch.exp(m - m_shift)  # rescales what was summed under the old max
-            l = l * alpha + p.sum(dim=-1)
-            acc = torch.baddbmm(
-                (acc * alpha[..., None]).flatten(0, 1), p.flatten(0, 1), v_tile.flatten(0, 1)
-            ).view(b, hk, rows, d)
+            p = s.sub_(m_shift[..., None]).exp2_()  # (B, Hk, G*bq, bk), in place: s is dead
+            alpha = m.sub_(m_shift).exp2_()  # rescales what was summed under the old max
+            l.mul_(alpha).add_(p.sum(dim=-1))
+            o_t = scratch.get("o", (b, hk, rows, d))  # (B, Hk, G*bq, D)
+            torch.matmul(p, v_tile, out=o_t)
+            acc.mul_(alpha[..., None]).add_(o_t)
             m = m_new
         seen = l > 0
-        out_tile = acc / torch.where(seen, l, torch.ones_like(l))[..., None]  # (B, Hk, G*bq, D)
-        out[:, :, :, i0:i1] = out_tile.view(b, hk, g, i1 - i0, d).to(q.dtype)
+        acc.div_(torch.where(seen, l, torch.ones_like(l))[..., None])  # (B, Hk, G*bq, D)
+        out[:, :, :, i0:i1] = acc.view(b, hk, g, i1 - i0, d)  # casts to q's dtype
         m_shift = torch.where(torch.isinf(m), torch.zeros_like(m), m)
-        lse_tile = torch.where(seen, m_shift + torch.log(l), torch.full_like(l, float("-inf")))
+        # back to natural log: lse = ln(2) * (m + log2(l))
+        lse_tile = torch.where(seen, (m_shift + torch.log2(l)) * LN2, torch.full_like(l, -math.inf))
         lse[:, :, :, i0:i1] = lse_tile.view(b, hk, g, i1 - i0)
 
     _run_parallel(query_block, list(range(0, seqlen_q, block_q)), q.device)
@@ -163,64 +244,104 @@ def tiled_backward(
     scale: float,
     band: Band,
     attn_mask: torch.Tensor | None = None,
-    block_q: int = DEFAULT_BLOCK_Q,
-    block_k: int = DEFAULT_BLOCK_K,
+    block_q: int = DEFAULT_BACKWARD_BLOCKS[0],
+    block_k: int = DEFAULT_BACKWARD_BLOCKS[1],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Recomputing backward. Shapes as in ``tiled_forward``; returns dq, dk, dv in input dtypes.
 
     With ``P = exp(S - lse)`` and ``delta = rowsum(dO * O)`` (which equals ``rowsum(P * dP)``):
     ``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - delta)``, ``dQ = scale * dS K``,
-    ``dK = scale * dS^T Q``. Each key block owns its rows of dK and dV; dQ, which every
-    key block adds to, is accumulated per worker and summed at the end (a fixed
-    assignment of key blocks to workers, so the result is deterministic).
+    ``dK = scale * dS^T Q``.
+
+    Work is split like the GPU grid, deterministically: when there are at least as many
+    (batch, key/value head) pairs as workers, each worker owns whole heads and so its rows
+    of dQ, dK and dV; otherwise each worker owns key blocks (and their rows of dK, dV) and
+    accumulates dQ, which every key block adds to, in a private copy summed at the end.
     """
     b, hk, g, seqlen_q, d = q.shape
     seqlen_k = k.shape[2]
     acc_dtype = _accum_dtype(q.dtype)
-    # rows that saw nothing have lse = -inf; shifting by +inf makes their P exactly 0
-    lse_shift = torch.where(torch.isinf(lse), torch.full_like(lse, float("inf")), lse)
-    delta = torch.empty_like(lse_shift)  # (B, Hk, G, Sq)
+    # base 2 as in the forward; rows that saw nothing have lse = -inf, and shifting them
+    # by +inf makes their P exactly 0
+    lse2 = torch.where(torch.isinf(lse), torch.full_like(lse, math.inf), lse * LOG2E)
+    delta = torch.empty_like(lse2)  # (B, Hk, G, Sq)
     for i0 in range(0, seqlen_q, block_q):  # tile by tile: no (N, D) temporary
         i1 = min(i0 + block_q, seqlen_q)
         do_rows, out_rows = grad_out[:, :, :, i0:i1], out[:, :, :, i0:i1]
         delta[:, :, :, i0:i1] = (do_rows.to(acc_dtype) * out_rows.to(acc_dtype)).sum(-1)
+    dq = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)  # (B, Hk, G, Sq, D)
     dk = torch.zeros(k.shape, dtype=acc_dtype, device=k.device)  # (B, Hk, Sk, D)
     dv = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)  # (B, Hk, Sk, D)
+    scratch = _Scratch(acc_dtype, q.device)
     key_starts = list(range(0, seqlen_k, block_k))
+
+    def run_key_blocks(heads: tuple[slice, slice], starts: list[int], dq_acc: torch.Tensor):
+        """Add the gradients of key blocks ``starts`` of the heads ``heads`` (batch, Hk)."""
+        qh, doh, kh, vh = q[heads], grad_out[heads], k[heads], v[heads]
+        lseh, deltah = lse2[heads], delta[heads]
+        maskh = _heads_of_mask(attn_mask, heads)
+        nb, nh = qh.shape[0], qh.shape[1]
+        dqh, dkh, dvh = dq_acc[heads], dk[heads], dv[heads]
+        for j0 in starts:
+            j1 = min(j0 + block_k, seqlen_k)
+            lo, hi = (0, seqlen_q) if maskh is not None else band.query_range(j0, j1, seqlen_q)
+            # contiguous copies: both q @ k^T and dO @ v^T become plain GEMMs, and the
+            # copies are reused by every query block below
+            k_tile = scratch.get("k", (nb, nh, j1 - j0, d)).copy_(kh[:, :, j0:j1])
+            v_tile = scratch.get("v", (nb, nh, j1 - j0, d)).copy_(vh[:, :, j0:j1])
+            # this key block's rows of dK and dV, (B*Hk, bk, D) views updated in place
+            dk_blk = dkh[:, :, j0:j1].view(nb * nh, j1 - j0, d)
+            dv_blk = dvh[:, :, j0:j1].view(nb * nh, j1 - j0, d)
+            for i0 in range(lo, hi, block_q):
+                i1 = min(i0 + block_q, hi)
+                rows = g * (i1 - i0)
+                # q carries scale * log2(e): s below is in base-2 units like the forward's
+                q_tile = scratch.rows("q", qh, i0, i1).mul_(scale * LOG2E)  # (B, Hk, G*bq, D)
+                do_tile = scratch.rows("do", doh, i0, i1)  # (B, Hk, G*bq, D)
+                lse_tile = lseh[:, :, :, i0:i1].reshape(nb, nh, rows, 1)  # (B, Hk, G*bq, 1)
+                delta_tile = deltah[:, :, :, i0:i1].reshape(nb, nh, rows, 1)
+                s = scratch.get("s", (nb, nh, rows, j1 - j0))  # (B, Hk, G*bq, bk)
+                torch.matmul(q_tile, k_tile.transpose(-1, -2), out=s)
+                _mask_tile(s, band, maskh, (i0, i1), (j0, j1), g)
+                p = s.sub_(lse_tile).exp2_()  # (B, Hk, G*bq, bk): the forward's probabilities
+                dv_blk.baddbmm_(p.flatten(0, 1).transpose(1, 2), do_tile.flatten(0, 1))
+                dp = scratch.get("dp", (nb, nh, rows, j1 - j0))  # (B, Hk, G*bq, bk)
+                torch.matmul(do_tile, v_tile.transpose(-1, -2), out=dp)
+                ds = dp.sub_(delta_tile).mul_(p)  # (B, Hk, G*bq, bk)
+                dqh[:, :, :, i0:i1] += (ds @ k_tile).view(nb, nh, g, i1 - i0, d)
+                # q_tile carries scale * log2(e): the log2(e) is taken out of dK at the end
+                dk_blk.baddbmm_(ds.flatten(0, 1).transpose(1, 2), q_tile.flatten(0, 1))
+
     workers = max(1, min(torch.get_num_threads(), len(key_starts)))
     if q.device.type != "cpu":
         workers = 1
-    dq_parts = [torch.zeros(q.shape, dtype=acc_dtype, device=q.device) for _ in range(workers)]
-
-    def key_blocks(worker: int) -> None:  # key blocks worker, worker + W, ...: balanced
-        dq = dq_parts[worker]  # (B, Hk, G, Sq, D), this worker's own
-        for j0 in key_starts[worker::workers]:
-            j1 = min(j0 + block_k, seqlen_k)
-            lo, hi = (0, seqlen_q) if attn_mask is not None else band.query_range(j0, j1, seqlen_q)
-            k_tile = k[:, :, j0:j1].to(acc_dtype)  # (B, Hk, bk, D)
-            v_tile = v[:, :, j0:j1].to(acc_dtype)  # (B, Hk, bk, D)
-            for i0 in range(lo, hi, block_q):
-                i1 = min(i0 + block_q, hi)
-                q_tile = _rows(q, i0, i1, acc_dtype) * scale  # (B, Hk, G*bq, D)
-                do_tile = _rows(grad_out, i0, i1, acc_dtype)  # (B, Hk, G*bq, D)
-                rows = q_tile.shape[2]
-                lse_tile = lse_shift[:, :, :, i0:i1].reshape(b, hk, rows, 1)  # (B, Hk, G*bq, 1)
-                delta_tile = delta[:, :, :, i0:i1].reshape(b, hk, rows, 1)  # (B, Hk, G*bq, 1)
-                s = q_tile @ k_tile.transpose(-1, -2)  # (B, Hk, G*bq, bk)
-                _mask_tile(s, band, attn_mask, (i0, i1), (j0, j1), g)
-                p = s.sub_(lse_tile).exp_()  # (B, Hk, G*bq, bk): the forward's probabilities
-                dv[:, :, j0:j1] += p.transpose(-1, -2) @ do_tile  # (B, Hk, bk, D), sums over G
-                dp = do_tile @ v_tile.transpose(-1, -2)  # (B, Hk, G*bq, bk)
-                ds = dp.sub_(delta_tile).mul_(p)  # (B, Hk, G*bq, bk)
-                dq[:, :, :, i0:i1] += (ds @ k_tile).view(b, hk, g, i1 - i0, d)
-                dk[:, :, j0:j1] += ds.transpose(-1, -2) @ q_tile  # q_tile carries the scale
-
-    _run_parallel(key_blocks, list(range(workers)), q.device)
-    dq = dq_parts[0]
-    for part in dq_parts[1:]:
-        dq += part
+    if b * hk >= workers:  # whole heads per worker: no shared rows, no reduction
+        # handed out one (batch, head) pair at a time: a worker slowed down by a busy
+        # core simply takes fewer
+        heads = [(slice(i, i + 1), slice(h, h + 1)) for i in range(b) for h in range(hk)]
+        _run_parallel(lambda item: run_key_blocks(item, key_starts, dq), heads, q.device)
+    else:  # fewer heads than workers: split key blocks, each worker with its own dQ
+        dq_parts = [dq] + [torch.zeros_like(dq) for _ in range(workers - 1)]
+        everything = (slice(None), slice(None))
+        _run_parallel(
+            lambda w: run_key_blocks(everything, key_starts[w::workers], dq_parts[w]),
+            list(range(workers)),
+            q.device,
+        )
+        for part in dq_parts[1:]:
+            dq += part
     dq *= scale
+    dk *= LN2
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _heads_of_mask(mask: torch.Tensor | None, heads: tuple[slice, slice]) -> torch.Tensor | None:
+    """The ``(batch, Hk)`` slice of a ``(B|1, Hk|1, G|1, Sq, Sk)`` mask (size-1 dims kept)."""
+    if mask is None:
+        return None
+    batch = heads[0] if mask.shape[0] > 1 else slice(None)
+    kv_heads = heads[1] if mask.shape[1] > 1 else slice(None)
+    return mask[batch, kv_heads]
 
 
 class TiledAttention(torch.autograd.Function):
@@ -230,7 +351,7 @@ class TiledAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, scale, band, attn_mask, block_q, block_k):  # type: ignore[override]
+    def forward(ctx, q, k, v, scale, band, attn_mask, forward_blocks, backward_blocks):  # type: ignore[override]
         b, seqlen_q, nheads, d = q.shape
         nheads_k = k.shape[2]
         group = nheads // nheads_k
@@ -238,9 +359,9 @@ class TiledAttention(torch.autograd.Function):
         # strided views, no copy: each matrix of a tile still has a unit-stride head dim
         kh, vh = k.transpose(1, 2), v.transpose(1, 2)  # (B, Hk, Sk, D)
         mask = _group_mask(attn_mask, nheads_k, group)
-        out, lse = tiled_forward(qg, kh, vh, scale, band, mask, block_q, block_k)
+        out, lse = tiled_forward(qg, kh, vh, scale, band, mask, *forward_blocks)
         ctx.save_for_backward(q, k, v, out, lse, attn_mask)
-        ctx.scale, ctx.band, ctx.blocks = scale, band, (block_q, block_k)
+        ctx.scale, ctx.band, ctx.blocks = scale, band, backward_blocks
         out_flash = out.reshape(b, nheads, seqlen_q, d).transpose(1, 2)  # (B, Sq, H, D)
         lse_heads = lse.reshape(b, nheads, seqlen_q)  # (B, H, Sq)
         ctx.mark_non_differentiable(lse_heads)
