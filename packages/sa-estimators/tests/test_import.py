@@ -13,6 +13,7 @@ def test_public_api_is_complete():
         "harmonic_step", "polynomial_step", "constant_step", "StepSize", "IncrementalMean",
         "StreamingQuantile", "robbins_monro", "RobbinsMonro", "SAResult", "kiefer_wolfowitz",
         "spsa", "mean_estimation", "BatchedIncrementalMean", "BatchedStreamingQuantile",
+        "WindowedQuantile",
     }  # fmt: skip
     assert set(sa_estimators.__all__) == expected
     assert all(hasattr(sa_estimators, name) for name in expected)

@@ -11,6 +11,7 @@ from .quantile import StreamingQuantile
 from .robbins_monro import RobbinsMonro, SAResult, robbins_monro
 from .steps import StepSize, constant_step, harmonic_step, polynomial_step
 from .torch_batched import BatchedIncrementalMean, BatchedStreamingQuantile  # torch: lazy
+from .window_quantile import WindowedQuantile
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ __all__ = [
     "SAResult",
     "StepSize",
     "StreamingQuantile",
+    "WindowedQuantile",
     "constant_step",
     "harmonic_step",
     "kiefer_wolfowitz",
