@@ -85,6 +85,17 @@ def test_fp16_grads_are_refused_like_torch(make):
         scaler.unscale_(opt)
 
 
+def test_complex_grads_are_refused_with_a_clear_error():
+    scaler = GradScaler()
+    param = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    param.grad = torch.ones(3, dtype=torch.complex64)
+    opt = torch.optim.SGD([param], lr=0.1)
+    scaler.scale(torch.ones(()))
+    with pytest.raises(TypeError, match="complex64"):
+        scaler.unscale_(opt)
+    assert torch.equal(param.grad, torch.ones(3, dtype=torch.complex64))  # untouched
+
+
 def test_fp16_grads_allowed_on_request():
     scaler = GradScaler(init_scale=4.0, allow_fp16_grads=True)
     model = torch.nn.Linear(3, 2).half()

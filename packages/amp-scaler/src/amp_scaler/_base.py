@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .unscale import unscale_and_check_
+from .unscale import _FLOAT_DTYPE_SET, _unscale_and_check_validated_
 
 
 class OptState(Enum):
@@ -129,10 +129,17 @@ class LossScalerBase:
                         if grad.dtype == torch.float16:
                             param.grad = grad = grad.coalesce()
                         grad = grad._values()
+                    if grad.dtype not in _FLOAT_DTYPE_SET or grad.layout != torch.strided:
+                        raise TypeError(
+                            "GradScaler unscales float16/bfloat16/float32/float64 dense or "
+                            f"sparse COO gradients, got dtype {grad.dtype}, layout {grad.layout}"
+                        )
                     grads_per_device[grad.device].append(grad)
             for device, grads in grads_per_device.items():
-                unscale_and_check_(
-                    grads, inv_per_device.get(device), found_inf=found_per_device.get(device)
+                # the grads were checked above and the scale tensors are ours: skip the
+                # public function's per-tensor validation (it runs every iteration)
+                _unscale_and_check_validated_(
+                    grads, inv_per_device.get(device), found_per_device.get(device), "auto"
                 )
         return found_per_device.copies
 
