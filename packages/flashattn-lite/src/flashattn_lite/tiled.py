@@ -188,6 +188,7 @@ def tiled_forward(
     out = torch.zeros_like(q)  # rows that see no key stay 0
     lse = torch.full((b, hk, g, seqlen_q), float("-inf"), dtype=acc_dtype, device=q.device)
     scratch = _Scratch(acc_dtype, q.device)
+    may_mask = attn_mask is not None or not band.is_full
 
     def query_block(i0: int) -> None:  # writes rows [i0, i1) of out and lse, nothing else
         i1 = min(i0 + block_q, seqlen_q)
@@ -205,7 +206,9 @@ def tiled_forward(
             # plain GEMM, clearly faster than through k's (B, S, H, D) strides. Tiles live in
             # per-thread scratch buffers reused by every tile: no allocation (and no page
             # faults on fresh memory) inside the loop, and peak memory stays a few tiles.
-            k_tile = scratch.get("k", (b, hk, j1 - j0, d)).copy_(k[:, :, j0:j1])  # (B,Hk,bk,D)
+            k_tile = k[:, :, j0:j1]  # (B, Hk, bk, D)
+            if k_tile.stride(-2) != d or k_tile.dtype != acc_dtype:  # e.g. flash layout
+                k_tile = scratch.get("k", (b, hk, j1 - j0, d)).copy_(k_tile)
             v_tile = v[:, :, j0:j1]  # (B, Hk, bk, D), strided is fine for p @ v
             if v_tile.dtype != acc_dtype:
                 v_tile = scratch.get("v", (b, hk, j1 - j0, d)).copy_(v_tile)
@@ -213,8 +216,11 @@ def tiled_forward(
             torch.matmul(q_tile, k_tile.transpose(-1, -2), out=s)  # base-2 scores
             _mask_tile(s, band, attn_mask, (i0, i1), (j0, j1), g)
             m_new = torch.maximum(m, s.amax(dim=-1))  # (B, Hk, G*bq)
-            # a row with every key masked so far has m = -inf: shift by 0 to avoid inf - inf
-            m_shift = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+            m_shift = m_new
+            if may_mask:
+                # a row with every key masked so far has m = -inf: shift it by a finite
+                # number instead, so that exp2(-inf - shift) = 0 and never inf - inf
+                m_shift = m_new.clamp_min(torch.finfo(acc_dtype).min)
             p = s.sub_(m_shift[..., None]).exp2_()  # (B, Hk, G*bq, bk), in place: s is dead
             alpha = m.sub_(m_shift).exp2_()  # rescales what was summed under the old max
             l.mul_(alpha).add_(p.sum(dim=-1))
