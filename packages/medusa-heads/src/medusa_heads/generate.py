@@ -16,6 +16,7 @@ from .heads import MedusaHeads
 from .kv_cache import (
     cache_keyword,
     check_attention_backend,
+    direct_parts,
     keep_accepted,
     max_cached_length,
     model_forward,
@@ -287,7 +288,8 @@ def generate(
 
     cache = new_cache(model)
     cache_kw = cache_keyword(model)
-    last_only = "logits_to_keep" in inspect.signature(model.forward).parameters
+    parts = direct_parts(model)  # decoder + output layer called directly where exact
+    last_only = parts is not None or "logits_to_keep" in inspect.signature(model.forward).parameters
     prompt = input_ids.to(device)
     prompt_length = prompt.shape[1]
     window = max_cached_length(cache)
@@ -306,7 +308,7 @@ def generate(
 
     _synchronize(device)
     start = time.perf_counter()
-    logits, hidden = model_forward(model, prompt, cache, cache_kw, last_only=last_only)
+    logits, hidden = model_forward(model, prompt, cache, cache_kw, last_only=last_only, parts=parts)
     root = next_token(logits[-1])  # (1,)
     head_input = hidden[-1]  # (hidden,)
     emitted = [root]
@@ -328,7 +330,7 @@ def generate(
         mask = tree_attention_mask(tree_mask, prefix_length, dtype)  # (1, 1, N, S+N)
         logits, hidden = model_forward(
             model, node_tokens.unsqueeze(0), cache, cache_kw,
-            position_ids=positions, attention_mask=mask,
+            position_ids=positions, attention_mask=mask, parts=parts,
         )  # fmt: skip  # (N, V), (N, hidden)
         if not sampling:
             path, accepted = accept_greedy_fast(

@@ -81,6 +81,31 @@ def tree_attention_mask(
     return mask[None, None]  # (1, 1, N, S + N)
 
 
+# Causal LMs whose logits are exactly ``lm_head(decoder(...).last_hidden_state)`` (no
+# logit scaling or soft-capping), so the decoder and the head can be called directly.
+_PLAIN_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def direct_parts(model: Any) -> tuple[Any, Any] | None:
+    """``(decoder, lm_head)`` when ``model``'s logits are ``lm_head(last hidden state)``,
+    else ``None`` (then :func:`model_forward` calls the whole model).
+
+    Calling them directly skips the hooks ``output_hidden_states=True`` installs to
+    record every layer's output; on a small model that is a few percent of a forward.
+    The tensors are the same: ``last_hidden_state`` is ``hidden_states[-1]``."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in _PLAIN_HEAD_MODEL_TYPES:
+        return None
+    get_decoder = getattr(model, "get_decoder", None)
+    get_head = getattr(model, "get_output_embeddings", None)
+    if not callable(get_decoder) or not callable(get_head):
+        return None
+    decoder, head = get_decoder(), get_head()
+    if decoder is None or not isinstance(head, torch.nn.Linear):
+        return None
+    return decoder, head
+
+
 def model_forward(
     model: Any,
     input_ids: torch.Tensor,
@@ -90,17 +115,27 @@ def model_forward(
     position_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     last_only: bool = False,
+    parts: tuple[Any, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One cached forward; returns ``(logits (T', V), last hidden state (T', hidden))``
-    for batch row 0, ``T' = 1`` when ``last_only`` else ``T``."""
-    kwargs: dict[str, Any] = {cache_kw: cache, "use_cache": True, "output_hidden_states": True}
+    for batch row 0, ``T' = 1`` when ``last_only`` else ``T``.
+
+    ``parts`` (from :func:`direct_parts`) runs the decoder and the output layer directly
+    (the same operations as the model's own forward, so the same numbers)."""
+    kwargs: dict[str, Any] = {cache_kw: cache, "use_cache": True}
     if position_ids is not None:
         kwargs["position_ids"] = position_ids
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
+    if parts is not None:
+        decoder, head = parts
+        hidden = decoder(input_ids=input_ids, **kwargs).last_hidden_state[0]  # (T, hidden)
+        if last_only:
+            hidden = hidden[-1:]
+        return head(hidden), hidden  # (T', V), (T', hidden)
     if last_only:
         kwargs["logits_to_keep"] = 1
-    out = model(input_ids=input_ids, **kwargs)
+    out = model(input_ids=input_ids, output_hidden_states=True, **kwargs)
     hidden = out.hidden_states[-1][0]  # (T, hidden)
     logits = out.logits[0]  # (T or 1, V)
     if last_only:

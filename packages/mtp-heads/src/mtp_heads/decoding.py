@@ -77,6 +77,32 @@ def _cache_kwarg(model: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+# Causal LMs whose logits are exactly ``lm_head(decoder(...).last_hidden_state)`` (no
+# logit scaling or soft-capping): their decoder and head can be called directly.
+_PLAIN_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def _direct_parts(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+    """``(decoder, lm_head)`` for the model types above, else ``None``.
+
+    Calling them directly gives the same tensors as ``model(...,
+    output_hidden_states=True)`` (``last_hidden_state`` is ``hidden_states[-1]``)
+    without the hooks that record every layer's output: a few percent of a forward
+    of a small model, paid at every verification step.
+    """
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in _PLAIN_HEAD_MODEL_TYPES:
+        return None
+    get_decoder = getattr(model, "get_decoder", None)
+    get_head = getattr(model, "get_output_embeddings", None)
+    if not callable(get_decoder) or not callable(get_head):
+        return None
+    decoder, head = get_decoder(), get_head()
+    if decoder is None or not isinstance(head, nn.Linear):
+        return None
+    return decoder, head
+
+
 def _check_args(model, mtp, input_ids, max_new_tokens, temperature, num_draft_tokens) -> None:
     if not isinstance(mtp, MTPModule | ParallelMTPHeads):
         raise TypeError(f"mtp must be an MTPModule or ParallelMTPHeads, got {type(mtp).__name__}")
@@ -158,7 +184,12 @@ def speculative_generate(
     cache = _new_cache(model)
     cache_kw = _cache_kwarg(model)
 
+    parts = _direct_parts(model)
+
     def main_forward(ids: torch.Tensor):
+        if parts is not None:
+            hidden = parts[0](input_ids=ids, use_cache=True, **{cache_kw: cache}).last_hidden_state
+            return parts[1](hidden[0]).float(), hidden  # (L, V), (1, L, C)
         out = model(input_ids=ids, use_cache=True, output_hidden_states=True, **{cache_kw: cache})
         return out.logits[0].float(), out.hidden_states[-1]  # (L, V), (1, L, C)
 
