@@ -139,6 +139,12 @@ class WindowedQuantile:
     # -- feeding -----------------------------------------------------------------------
     def update(self, x: Any) -> WindowedQuantile:
         """Add one observation (a float) or a 1-D batch (array-like); returns ``self``."""
+        if x.__class__ is float and x - x == 0.0:  # hot path: a finite Python float
+            scalars = self._scalars
+            scalars.append(x)
+            if len(scalars) >= self.block_size:
+                self._flush_scalars()
+            return self
         if x.__class__ is np.ndarray and x.dtype is _FLOAT64 and x.ndim == 1 and x.size:
             # hot path, a chunk: a non-finite entry makes x.x non-finite, the cheapest
             # finiteness check (BLAS); an overflow to inf merely takes the careful path
@@ -153,12 +159,6 @@ class WindowedQuantile:
                 self._flush_scalars()
                 self._fill(x)
                 return self
-        elif x.__class__ is float and x - x == 0.0:  # hot path: a finite Python float
-            scalars = self._scalars
-            scalars.append(x)
-            if len(scalars) >= self.block_size:
-                self._flush_scalars()
-            return self
         arr, dropped = validated_batch(x, "x", self.nan_policy)
         self.n_skipped += dropped
         if arr.size:
