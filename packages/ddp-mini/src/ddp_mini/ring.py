@@ -84,19 +84,24 @@ def ring_allreduce(
     if world > 1:
         contiguous = tensor.is_contiguous()
         flat = tensor.view(-1) if contiguous else tensor.reshape(-1).clone()
+        # "avg": each rank divides only the chunk it completes, before passing it on, so
+        # 1/N of the tensor is divided instead of all of it (the same values: sum / N)
+        divisor = world if op == "avg" else None
         if flat.device.type == "cpu":
-            _ring_sum_pipelined(flat, group)
+            _ring_sum_pipelined(flat, group, divisor)
         else:  # NCCL: one grouped send/recv per step (see _exchange)
-            _ring_sum_stepwise(flat, group)
+            _ring_sum_stepwise(flat, group, divisor)
         if not contiguous:
             tensor.copy_(flat.view(tensor.shape))
-    if op == "avg":
-        tensor.div_(world)
     return tensor
 
 
-def _ring_sum_stepwise(flat: torch.Tensor, group: dist.ProcessGroup) -> None:
+def _ring_sum_stepwise(
+    flat: torch.Tensor, group: dist.ProcessGroup, divisor: int | None = None
+) -> None:
     """The readable ring: sum a contiguous 1-D tensor over ``group`` in place.
+
+    ``divisor``: divide each completed chunk by it (``op="avg"``) before the all-gather.
 
     One whole-chunk exchange per step; :func:`_ring_sum_pipelined` is the same schedule
     cut into segments (what ``ring_allreduce`` runs on CPU tensors). This one serves
@@ -113,6 +118,8 @@ def _ring_sum_stepwise(flat: torch.Tensor, group: dist.ProcessGroup) -> None:
         incoming = scratch[: mine.numel()]
         _exchange(send, right, incoming, left, group)
         mine.add_(incoming)
+        if divisor is not None and step == world - 2:  # this chunk's sum is complete
+            mine.div_(divisor)
 
     # all-gather: pass the finished chunks around the ring, overwriting stale ones
     for step in range(world - 1):
@@ -121,7 +128,9 @@ def _ring_sum_stepwise(flat: torch.Tensor, group: dist.ProcessGroup) -> None:
         _exchange(send, right, recv, left, group)
 
 
-def _ring_sum_pipelined(flat: torch.Tensor, group: dist.ProcessGroup) -> None:
+def _ring_sum_pipelined(
+    flat: torch.Tensor, group: dist.ProcessGroup, divisor: int | None = None
+) -> None:
     """The same 2(N-1) ring steps, cut into segments of ``SEGMENT_BYTES`` and overlapped.
 
     Both phases are one loop over steps t = 0 .. 2N-3: at step t this rank receives
@@ -130,6 +139,12 @@ def _ring_sum_pipelined(flat: torch.Tensor, group: dist.ProcessGroup) -> None:
     each segment lands. So the transfer of segment j+1 overlaps the addition of segment
     j, and the next step starts before the current one is finished. One message per
     chunk is slow on TCP transports; ~1 MB messages keep the link streaming.
+
+    Receives are posted before the sends they answer, two steps ahead: gloo's TCP
+    transport moves a message only once the receiver has posted the matching receive
+    (until then the sender waits for the handshake), so with every rank's receives
+    already posted the first sends go straight out. That alone is most of the cost of a
+    small (1 MB) all-reduce, whose two steps are one message each.
 
     Overwriting a chunk whose earlier send may still be in flight is safe: the data
     that lands in it was computed downstream of that very send.
@@ -141,7 +156,8 @@ def _ring_sum_pipelined(flat: torch.Tensor, group: dist.ProcessGroup) -> None:
     scratch = _scratch(chunks[0], min(2, world - 1))  # double buffer for the partial sums
 
     def segments(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return t.split(seg) if t.numel() else ()
+        n = t.numel()  # a chunk that fits one message is sent whole (no split views)
+        return (t,) if 0 < n <= seg else torch.split(t, seg) if n else ()
 
     def post_receives(t: int) -> list[tuple[Any, torch.Tensor]]:
         target = chunks[(rank - t - 1) % world]
@@ -149,18 +165,22 @@ def _ring_sum_pipelined(flat: torch.Tensor, group: dist.ProcessGroup) -> None:
         return [(group.recv([s], left, t), s) for s in segments(landing)]
 
     # ProcessGroup.send/recv directly: dist.isend/irecv add ~70 us of checks per message
+    receives = post_receives(0)  # steps t and t + 1 are always posted while t runs
+    upcoming = post_receives(1) if steps > 1 else []
     sends = [group.send([s], right, 0) for s in segments(chunks[rank])]
-    receives = post_receives(0)
     for t in range(steps):
-        upcoming = post_receives(t + 1) if t + 1 < steps else []
         target = chunks[(rank - t - 1) % world]
+        complete = t == world - 2  # the last reduce-scatter step finishes this chunk
         for (work, landing), part in zip(receives, segments(target), strict=True):
             work.wait()
             if t < world - 1:
                 part.add_(landing)  # reduce-scatter: accumulate the partial sum
+                if complete and divisor is not None:
+                    part.div_(divisor)
             if t + 1 < steps:  # forward it right away: it is what step t+1 sends
                 sends.append(group.send([part], right, t + 1))
-        receives = upcoming
+        # step t's scratch buffer is consumed: step t + 2 may land in it
+        receives, upcoming = upcoming, post_receives(t + 2) if t + 2 < steps else []
     for work in sends:
         work.wait()
 
