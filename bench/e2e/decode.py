@@ -1,23 +1,36 @@
-"""Decode held-out prompts three ways and check that greedy outputs are identical.
+"""Decode held-out prompts four ways and check that greedy outputs are identical.
 
 - ``model.generate(do_sample=False)``: the reference, one token per forward;
 - ``medusa_heads.generate``: tree candidates from the Medusa heads, one verification
   forward per step;
-- ``mtp_heads.speculative_generate``: drafts from the MTP module, verified by the model.
+- ``mtp_heads.speculative_generate`` with one draft per step (depth 1, the issue's
+  goal) and with two (depth 2): drafts from the MTP module, verified by the model.
 
-Prompts are windows of the validation files (never seen in training). The figures per
-prompt: tokens per step (new tokens per model forward for the drafting decoders),
-acceptance per head depth and tokens per second (wall clock, prefill included).
+Prompts are windows of the validation files (never seen in training). Every prompt is
+decoded ``runs`` times by every method, the methods interleaved within a run so that a
+burst of load on the shared machine hits all of them alike; a row holds the median
+tokens/s over the runs and the median of the per-run speed-ups against generate
+(prefill included). Tokens per step (new tokens per model forward, prefill included)
+and the acceptance figures are deterministic.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from e2e.model import greedy_generate
+
+METHODS = (
+    "greedy generate",
+    "medusa_heads.generate",
+    "mtp_heads.speculative_generate (depth 1)",
+    "mtp_heads.speculative_generate (depth 2)",
+)
 
 
 def heldout_prompts(val: np.ndarray, n: int, length: int, seed: int = 11) -> list[torch.Tensor]:
@@ -27,59 +40,85 @@ def heldout_prompts(val: np.ndarray, n: int, length: int, seed: int = 11) -> lis
     return [torch.from_numpy(val[s : s + length].astype(np.int64))[None] for s in starts]
 
 
-@torch.inference_mode()
-def greedy_reference(model, prompt: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, float]:
+def _timed(fn: Callable[[], object]) -> tuple[object, float]:
     start = time.perf_counter()
-    out = greedy_generate(model, prompt, new_tokens)
+    out = fn()
     return out, time.perf_counter() - start
 
 
-def compare_decoders(
-    model, heads, mtp, prompts: list[torch.Tensor], new_tokens: int, choices=None
-) -> list[dict]:
-    """One row per (prompt, method) with the figures and whether it matched greedy."""
+def decoders(model, heads, mtp, new_tokens: int, choices=None) -> dict[str, Callable]:
+    """method name -> ``prompt -> (sequences, figures)``; greedy figures are trivial."""
     import medusa_heads
     import mtp_heads
 
+    def generate(prompt):
+        return greedy_generate(model, prompt, new_tokens), {}
+
+    def medusa(prompt):
+        with torch.inference_mode():
+            out = medusa_heads.generate(model, heads, prompt, new_tokens, choices=choices)
+        return out.sequences, {
+            "tokens_per_step": out.tokens_per_forward,
+            "acceptance_by_depth": out.acceptance_by_depth,
+            "mean_accept_length": out.mean_accept_length,
+        }
+
+    def mtp_with(num_drafts: int):
+        def run(prompt):
+            with torch.inference_mode():
+                out = mtp_heads.speculative_generate(
+                    model, mtp, prompt, new_tokens, num_draft_tokens=num_drafts
+                )
+            return out.sequences, {
+                "tokens_per_step": out.tokens_per_step,
+                "acceptance_by_depth": out.acceptance_by_depth[:num_drafts],
+                "acceptance_rate": out.acceptance_rate,
+            }
+
+        return run
+
+    methods = dict(zip(METHODS[:2], (generate, medusa), strict=True))
+    for depth in range(1, min(mtp.depth, 2) + 1):
+        methods[METHODS[1 + depth]] = mtp_with(depth)
+    return methods
+
+
+def compare_decoders(
+    model, heads, mtp, prompts: list[torch.Tensor], new_tokens: int, choices=None, runs: int = 3
+) -> list[dict]:
+    """One row per (prompt, method) with the figures and whether it matched greedy."""
+    methods = decoders(model, heads, mtp, new_tokens, choices)
+    for fn in methods.values():  # warm-up: allocator, rotary tables, first-call paths
+        fn(prompts[0])
     rows = []
     for i, prompt in enumerate(prompts):
-        reference, seconds = greedy_reference(model, prompt, new_tokens)
-        rows.append(
-            {
-                "prompt": i,
-                "method": "greedy generate",
-                "identical": True,
-                "tokens_per_step": 1.0,
-                "tokens_per_s": new_tokens / seconds,
-                "acceptance_by_depth": [],
-                "acceptance_rate": None,
-            }
-        )
-        with torch.inference_mode():
-            med = medusa_heads.generate(model, heads, prompt, new_tokens, choices=choices)
-        rows.append(
-            {
-                "prompt": i,
-                "method": "medusa_heads.generate",
-                "identical": torch.equal(med.sequences, reference),
-                "tokens_per_step": med.tokens_per_forward,
-                "tokens_per_s": med.tokens_per_second,
-                "acceptance_by_depth": med.acceptance_by_depth,
-                "acceptance_rate": None,
-                "mean_accept_length": med.mean_accept_length,
-            }
-        )
-        with torch.inference_mode():
-            spec = mtp_heads.speculative_generate(model, mtp, prompt, new_tokens)
-        rows.append(
-            {
-                "prompt": i,
-                "method": "mtp_heads.speculative_generate",
-                "identical": torch.equal(spec.sequences, reference),
-                "tokens_per_step": spec.tokens_per_step,
-                "tokens_per_s": spec.tokens_per_second,
-                "acceptance_by_depth": spec.acceptance_by_depth,
-                "acceptance_rate": spec.acceptance_rate,
-            }
-        )
+        seconds = {name: [] for name in methods}
+        figures, identical = {}, {}
+        for _ in range(runs):
+            reference = None
+            for name, fn in methods.items():
+                (sequences, figs), took = _timed(lambda fn=fn, prompt=prompt: fn(prompt))
+                seconds[name].append(took)
+                if reference is None:
+                    reference = sequences
+                identical[name] = identical.get(name, True) and torch.equal(sequences, reference)
+                figures[name] = figs
+        base = seconds[METHODS[0]]
+        for name in methods:
+            rows.append(
+                {
+                    "prompt": i,
+                    "method": name,
+                    "identical": identical[name],
+                    "tokens_per_step": figures[name].get("tokens_per_step", 1.0),
+                    "tokens_per_s": new_tokens / statistics.median(seconds[name]),
+                    "speedup_vs_generate": statistics.median(
+                        b / s for b, s in zip(base, seconds[name], strict=True)
+                    ),
+                    "acceptance_by_depth": figures[name].get("acceptance_by_depth", []),
+                    "acceptance_rate": figures[name].get("acceptance_rate"),
+                    "mean_accept_length": figures[name].get("mean_accept_length"),
+                    "runs": runs,
+                }
+            )
     return rows
