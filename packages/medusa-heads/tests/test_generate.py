@@ -262,3 +262,27 @@ def test_rejects_sequences_beyond_the_sliding_window():
 def test_public_api_is_exported():
     for name in ("MedusaHeads", "build_tree", "generate", "MedusaOutput", "train_heads"):
         assert name in medusa_heads.__all__
+
+
+def test_direct_forward_equals_the_full_forward(llama):
+    """The decoder + output layer path gives the full forward's logits and hidden state."""
+    from medusa_heads.kv_cache import direct_parts
+
+    parts = direct_parts(llama)
+    assert parts is not None and parts[1] is llama.lm_head
+    ids = prompt(13, seed=3)
+    kw = cache_keyword(llama)
+    for last_only in (False, True):
+        full = model_forward(llama, ids, new_cache(llama), kw, last_only=last_only)
+        direct = model_forward(llama, ids, new_cache(llama), kw, last_only=last_only, parts=parts)
+        assert all(torch.equal(a, b) for a, b in zip(full, direct, strict=True))
+
+
+def test_unlisted_model_types_keep_the_full_forward(llama, trained_heads, monkeypatch):
+    from medusa_heads import kv_cache
+
+    monkeypatch.setattr(kv_cache, "_PLAIN_HEAD_MODEL_TYPES", ())
+    assert kv_cache.direct_parts(llama) is None
+    ids = prompt(5, seed=21)
+    out = generate(llama, trained_heads, ids, 19, choices=SMALL_TREE_CHOICES)
+    assert torch.equal(out.sequences, greedy_reference(llama, ids, 19))

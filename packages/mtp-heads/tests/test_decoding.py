@@ -249,3 +249,15 @@ def test_draft_caches_give_the_cache_free_logits(kind, depth):
         a = int(torch.randint(0, n + 1, (), generator=g))  # drafts the "model" accepted
         bonus = torch.randint(0, V, (1, 1), generator=g)
         tokens = torch.cat((tokens, torch.tensor([ref_drafts[:a]], dtype=torch.long), bonus), 1)
+
+
+def test_full_forward_path_is_lossless_too(llama, trained_heads, monkeypatch):
+    """Model types outside the direct decoder + lm_head list run the whole model."""
+    from mtp_heads import decoding
+
+    assert decoding._direct_parts(llama) is not None
+    monkeypatch.setattr(decoding, "_PLAIN_HEAD_MODEL_TYPES", ())
+    assert decoding._direct_parts(llama) is None
+    ids = prompt(6, seed=77)
+    out = mtp_heads.speculative_generate(llama, trained_heads["sequential", 2], ids, 21)
+    assert torch.equal(out.sequences, greedy_reference(llama, ids, 21))
