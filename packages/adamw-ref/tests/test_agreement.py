@@ -36,8 +36,8 @@ def test_triton_matches_torch_for_200_steps(cls_name, hyper, dtype):
 
 
 def test_compiled_matches_torch_float32():
-    # 9 tensors: one compiled chunk of 8 plus one single-tensor call (both graphs), one
-    # dtype and flag set (AdamW + amsgrad); the full matrix below is marked slow.
+    # 9 tensors: one padded compiled chunk (and a size-1 tensor on the reference path),
+    # one dtype and flag set (AdamW + amsgrad); the full matrix below is marked slow.
     import adamw_ref
 
     gen = torch.Generator().manual_seed(0)
@@ -69,19 +69,35 @@ def test_compiled_matches_torch_full_matrix(cls_name, hyper, dtype):
 
 
 def test_compiled_skips_params_without_grad_float64():
-    # Some grads None on some steps; float64 (the slow matrix covers the rest).
+    # Some grads None on some steps; float64 (the slow matrix covers the rest). 21 tensors
+    # of mixed ranks and sizes: one full compiled chunk, one padded tail chunk, and the
+    # sizes-1 tensors that take the reference path; an lr change and new steps must not
+    # compile anything new (scalars and step counters are tensors inside the graph).
     import adamw_ref
+    from adamw_ref import compiled
 
     gen = torch.Generator().manual_seed(2)
-    ps = [torch.randn(s, generator=gen, dtype=torch.float64).requires_grad_() for s in (13, 13)]
+    shapes = [(13,), (13,), (1,), (7, 3), (1, 4), (1, 1)] + [(5 + 3 * i,) for i in range(15)]
+    assert len(shapes) > compiled.CHUNK
+    ps = [torch.randn(s, generator=gen, dtype=torch.float64).requires_grad_() for s in shapes]
     qs = [p.detach().clone().requires_grad_() for p in ps]
     ours = adamw_ref.Adam(ps, lr=1e-2, weight_decay=0.1, impl="compiled")
     peer = torch.optim.Adam(qs, lr=1e-2, weight_decay=0.1, foreach=False)
     for step in range(60):
+        if step == 30:
+            ours.param_groups[0]["lr"] = peer.param_groups[0]["lr"] = 3e-3
         for i, (p, q) in enumerate(zip(ps, qs, strict=True)):
             g = None if (step + i) % 3 == 0 else torch.randn(p.shape, generator=gen, dtype=p.dtype)
             p.grad = None if g is None else g.clone()
             q.grad = None if g is None else g.clone()
         ours.step()
         peer.step()
+        if step == 2:  # by now both ranks (1-D, 2-D) have had a gradient
+            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     assert_close_params(ps, qs, torch.float64, "compiled")
+    for p, q in zip(ps, qs, strict=True):
+        assert ours.state[p]["step"] == peer.state[q]["step"]
+        torch.testing.assert_close(
+            ours.state[p]["exp_avg_sq"], peer.state[q]["exp_avg_sq"], rtol=1e-12, atol=1e-12
+        )
