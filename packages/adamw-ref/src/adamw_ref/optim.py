@@ -72,7 +72,7 @@ def _check_params(params: list[Any]) -> None:
 def _resolve_impl(impl: str, device: torch.device) -> str:
     """``auto``: the Triton kernel on CUDA (compiled without triton), the reference on CPU.
 
-    On the CPU the compiled path is faster per step but costs 10-30 s of compilation on
+    On the CPU the compiled path is faster per step but costs 20-40 s of compilation on
     first use, and torch's CPU foreach ops loop over tensors (slower than the per-tensor
     reference), so ``auto`` takes the reference: torch's own default CPU path, bit for bit.
     """
