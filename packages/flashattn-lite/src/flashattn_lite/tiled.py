@@ -185,16 +185,21 @@ def tiled_forward(
     b, hk, g, seqlen_q, d = q.shape
     seqlen_k = k.shape[2]
     acc_dtype = _accum_dtype(q.dtype)
-    out = torch.zeros_like(q)  # rows that see no key stay 0
-    lse = torch.full((b, hk, g, seqlen_q), float("-inf"), dtype=acc_dtype, device=q.device)
+    # Allocated, not filled: every row is written by the worker owning its query block.
+    # A fill here would run on torch's intra-op threads, which then spin-wait for a few
+    # milliseconds on the very cores the workers are about to need.
+    out = torch.empty_like(q)
+    lse = torch.empty((b, hk, g, seqlen_q), dtype=acc_dtype, device=q.device)
     scratch = _Scratch(acc_dtype, q.device)
     may_mask = attn_mask is not None or not band.is_full
 
     def query_block(i0: int) -> None:  # writes rows [i0, i1) of out and lse, nothing else
         i1 = min(i0 + block_q, seqlen_q)
         lo, hi = (0, seqlen_k) if attn_mask is not None else band.key_range(i0, i1, seqlen_k)
-        if hi <= lo:
-            return  # the band skips this whole block of queries
+        if hi <= lo:  # the band skips this whole block of queries: no key, out 0
+            out[:, :, :, i0:i1].zero_()
+            lse[:, :, :, i0:i1].fill_(-math.inf)
+            return
         q_tile = _rows(q, i0, i1, acc_dtype) * (scale * LOG2E)  # (B, Hk, G*bq, D)
         rows = q_tile.shape[2]
         m = torch.full((b, hk, rows), float("-inf"), dtype=acc_dtype, device=q.device)
@@ -267,17 +272,24 @@ def tiled_backward(
     b, hk, g, seqlen_q, d = q.shape
     seqlen_k = k.shape[2]
     acc_dtype = _accum_dtype(q.dtype)
-    # base 2 as in the forward; rows that saw nothing have lse = -inf, and shifting them
-    # by +inf makes their P exactly 0
-    lse2 = torch.where(torch.isinf(lse), torch.full_like(lse, math.inf), lse * LOG2E)
-    delta = torch.empty_like(lse2)  # (B, Hk, G, Sq)
-    for i0 in range(0, seqlen_q, block_q):  # tile by tile: no (N, D) temporary
+    # Nothing below runs a large op on this thread before the workers start (see the
+    # forward): buffers are allocated empty and filled by the workers that own them.
+    lse2 = torch.empty_like(lse)  # (B, Hk, G, Sq), lse in base 2
+    delta = torch.empty_like(lse)  # (B, Hk, G, Sq)
+
+    def row_statistics(i0: int) -> None:
         i1 = min(i0 + block_q, seqlen_q)
+        rows = lse[:, :, :, i0:i1]
+        # base 2 as in the forward; rows that saw nothing have lse = -inf, and shifting
+        # them by +inf makes their P exactly 0
+        lse2[:, :, :, i0:i1] = torch.where(torch.isinf(rows), math.inf, rows * LOG2E)
         do_rows, out_rows = grad_out[:, :, :, i0:i1], out[:, :, :, i0:i1]
         delta[:, :, :, i0:i1] = (do_rows.to(acc_dtype) * out_rows.to(acc_dtype)).sum(-1)
-    dq = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)  # (B, Hk, G, Sq, D)
-    dk = torch.zeros(k.shape, dtype=acc_dtype, device=k.device)  # (B, Hk, Sk, D)
-    dv = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)  # (B, Hk, Sk, D)
+
+    _run_parallel(row_statistics, list(range(0, seqlen_q, block_q)), q.device)
+    dq = torch.empty(q.shape, dtype=acc_dtype, device=q.device)  # (B, Hk, G, Sq, D)
+    dk = torch.empty(k.shape, dtype=acc_dtype, device=k.device)  # (B, Hk, Sk, D)
+    dv = torch.empty(v.shape, dtype=acc_dtype, device=v.device)  # (B, Hk, Sk, D)
     scratch = _Scratch(acc_dtype, q.device)
     key_starts = list(range(0, seqlen_k, block_k))
 
@@ -296,8 +308,8 @@ def tiled_backward(
             k_tile = scratch.get("k", (nb, nh, j1 - j0, d)).copy_(kh[:, :, j0:j1])
             v_tile = scratch.get("v", (nb, nh, j1 - j0, d)).copy_(vh[:, :, j0:j1])
             # this key block's rows of dK and dV, (B*Hk, bk, D) views updated in place
-            dk_blk = dkh[:, :, j0:j1].view(nb * nh, j1 - j0, d)
-            dv_blk = dvh[:, :, j0:j1].view(nb * nh, j1 - j0, d)
+            dk_blk = dkh[:, :, j0:j1].view(nb * nh, j1 - j0, d).zero_()
+            dv_blk = dvh[:, :, j0:j1].view(nb * nh, j1 - j0, d).zero_()
             for i0 in range(lo, hi, block_q):
                 i1 = min(i0 + block_q, hi)
                 rows = g * (i1 - i0)
@@ -315,8 +327,9 @@ def tiled_backward(
                 torch.matmul(do_tile, v_tile.transpose(-1, -2), out=dp)
                 ds = dp.sub_(delta_tile).mul_(p)  # (B, Hk, G*bq, bk)
                 dqh[:, :, :, i0:i1] += (ds @ k_tile).view(nb, nh, g, i1 - i0, d)
-                # q_tile carries scale * log2(e): the log2(e) is taken out of dK at the end
+                # q_tile carries scale * log2(e): the log2(e) is taken out of dK below
                 dk_blk.baddbmm_(ds.flatten(0, 1).transpose(1, 2), q_tile.flatten(0, 1))
+            dk_blk.mul_(LN2)  # this block is complete
 
     workers = max(1, min(torch.get_num_threads(), len(key_starts)))
     if q.device.type != "cpu":
@@ -325,19 +338,25 @@ def tiled_backward(
         # handed out one (batch, head) pair at a time: a worker slowed down by a busy
         # core simply takes fewer
         heads = [(slice(i, i + 1), slice(h, h + 1)) for i in range(b) for h in range(hk)]
-        _run_parallel(lambda item: run_key_blocks(item, key_starts, dq), heads, q.device)
+
+        def one_head(item: tuple[slice, slice]) -> None:
+            dq[item].zero_()
+            run_key_blocks(item, key_starts, dq)
+            dq[item].mul_(scale)
+
+        _run_parallel(one_head, heads, q.device)
     else:  # fewer heads than workers: split key blocks, each worker with its own dQ
-        dq_parts = [dq] + [torch.zeros_like(dq) for _ in range(workers - 1)]
+        dq_parts = [dq] + [torch.empty_like(dq) for _ in range(workers - 1)]
         everything = (slice(None), slice(None))
-        _run_parallel(
-            lambda w: run_key_blocks(everything, key_starts[w::workers], dq_parts[w]),
-            list(range(workers)),
-            q.device,
-        )
+
+        def some_key_blocks(w: int) -> None:
+            dq_parts[w].zero_()
+            run_key_blocks(everything, key_starts[w::workers], dq_parts[w])
+
+        _run_parallel(some_key_blocks, list(range(workers)), q.device)
         for part in dq_parts[1:]:
             dq += part
-    dq *= scale
-    dk *= LN2
+        dq *= scale
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
