@@ -259,3 +259,41 @@ def test_per_head_mask_with_heads_split(monkeypatch):
     torch.testing.assert_close(out, peer, atol=2e-5, rtol=1e-4)
     for a, r in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, r, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")  # Python >= 3.12
+def test_forked_child_gets_its_own_worker_pool(monkeypatch):
+    """A child forked after the pool started must not hand work to threads it lacks."""
+    import os
+
+    monkeypatch.setattr(interface, "DEFAULT_FORWARD_BLOCKS", (16, 16))
+    q, k, v, _ = make_qkv(1, 67, 53, 4, 2, 16, dtype=torch.float64, seed=3)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            expected = flashattn_lite.flash_attn_func(q, k, v, backend="torch")  # pool starts
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: same call, must finish and agree
+            ok = False
+            try:
+                with torch.no_grad():
+                    out = flashattn_lite.flash_attn_func(q, k, v, backend="torch")
+                ok = torch.equal(out, expected)
+            finally:
+                os.write(write, b"1" if ok else b"0")
+                os._exit(0)
+        os.close(write)
+        import select
+
+        ready, _, _ = select.select([read], [], [], 30)  # a hang fails, not blocks
+        answer = os.read(read, 1) if ready else b"timeout"
+        if not ready:
+            os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(read)
+    finally:
+        torch.set_num_threads(previous)
+    assert answer == b"1"

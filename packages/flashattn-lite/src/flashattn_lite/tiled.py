@@ -24,6 +24,7 @@ allocates and peak memory stays a few tiles plus O(N) however long the sequence.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -121,6 +122,17 @@ def _single_threaded_worker() -> None:
 _POOL: ThreadPoolExecutor | None = None
 _POOL_WORKERS = 0
 _POOL_LOCK = threading.Lock()
+
+
+def _forget_pool_after_fork() -> None:
+    # a forked child inherits the pool object but not its threads: work handed to it
+    # would wait forever, so the child starts a pool of its own on first use
+    global _POOL, _POOL_WORKERS, _POOL_LOCK
+    _POOL, _POOL_WORKERS, _POOL_LOCK = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
