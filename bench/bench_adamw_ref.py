@@ -74,6 +74,12 @@ def test_adamw_step(benchmark, impl, total, count):
     numel = sum(p.numel() for p in params)
     opt = _optimizer(impl, params)
     opt.step()  # state allocation and, for "compiled", compilation: not timed
+    peer_step = None
+    if impl != PEER:  # the fused peer on its own copy of the same parameters, alternated
+        peer_params = [p.detach().clone().requires_grad_() for p in params]
+        for p, q in zip(peer_params, params, strict=True):
+            p.grad = q.grad.clone()
+        peer_step = _optimizer(PEER, peer_params).step
     before = params[0].detach().clone()
     harness.measure(
         benchmark, opt.step,
@@ -82,6 +88,6 @@ def test_adamw_step(benchmark, impl, total, count):
         dtype="float32", params={"numel": numel, "tensors": count, "weight_decay": 1e-2},
         device=DEVICE, work=numel, work_unit="param",
         bytes=7 * 4 * numel,
-        rounds=ROUNDS,
+        rounds=ROUNDS, paired_peer=peer_step,
     )  # fmt: skip
     assert not torch.equal(params[0], before)  # the timed calls really updated the weights

@@ -53,10 +53,13 @@ def test_unscale_and_check(benchmark, impl, total, count, dtype):
     numel = sum(g.numel() for g in grads)
     inv = torch.tensor(INV_SCALE, device=DEVICE)
     found = torch.zeros((), device=DEVICE)
+    peer_fn = None
     if impl == KERNEL_PEER:
         fn = lambda: torch._amp_foreach_non_finite_check_and_unscale_(grads, found, inv)
     else:
         fn = lambda: amp_scaler.unscale_and_check_(grads, inv, found_inf=found, impl=impl)
+        peer_grads = [g.clone() for g in grads]  # the peer's own copy, alternated with ours
+        peer_fn = lambda: torch._amp_foreach_non_finite_check_and_unscale_(peer_grads, found, inv)
     harness.measure(
         benchmark, fn,
         package=PACKAGE, case="unscale_and_check", impl=impl,
@@ -64,7 +67,7 @@ def test_unscale_and_check(benchmark, impl, total, count, dtype):
         dtype=dtype, params=_params(numel, count, dtype), device=DEVICE,
         work=numel, work_unit="grad",
         bytes=2 * numel * grads[0].element_size(),  # read + write every gradient
-        rounds=ROUNDS,
+        rounds=ROUNDS, paired_peer=peer_fn,
     )  # fmt: skip
     assert found.item() == 0.0  # the check ran on finite gradients only
 
@@ -88,10 +91,24 @@ def test_grad_scaler_unscale(benchmark, impl, total, count):
         scaler = amp_scaler.GradScaler(init_scale=init_scale)
     scaler.scale(torch.ones((), device=DEVICE))
 
-    def unscale():
-        scaler.unscale_(opt)
-        # start the next "iteration" without update(): both keep this dict per iteration
-        scaler._per_optimizer_states = defaultdict(scaler._per_optimizer_states.default_factory)
+    def unscaler(scaler, opt):
+        def unscale():
+            scaler.unscale_(opt)
+            # start the next "iteration" without update(): both keep this dict per iteration
+            fresh = defaultdict(scaler._per_optimizer_states.default_factory)
+            scaler._per_optimizer_states = fresh
+
+        return unscale
+
+    unscale = unscaler(scaler, opt)
+    peer_unscale = None
+    if impl != "torch.amp.GradScaler":  # torch's scaler on its own copy, alternated
+        peer_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        for p, q in zip(peer_params, params, strict=True):
+            p.grad = q.grad.clone()
+        peer_scaler = torch.amp.GradScaler(DEVICE, init_scale=init_scale)
+        peer_scaler.scale(torch.ones((), device=DEVICE))
+        peer_unscale = unscaler(peer_scaler, torch.optim.SGD(peer_params, lr=0.1))
 
     harness.measure(
         benchmark, unscale,
@@ -99,5 +116,6 @@ def test_grad_scaler_unscale(benchmark, impl, total, count):
         peer="" if impl == "torch.amp.GradScaler" else "torch.amp.GradScaler",
         dtype="float32", params=_params(numel, count, "float32"), device=DEVICE,
         work=numel, work_unit="grad", bytes=8 * numel, rounds=ROUNDS,
+        paired_peer=peer_unscale,
     )  # fmt: skip
     assert all(torch.isfinite(p.grad).all() for p in params[:3])

@@ -204,6 +204,8 @@ def test_allreduce_bus_bandwidth(benchmark, duo, impl, size_mb):
     numel = size_mb * 2**20 // 4
     code = (ALLREDUCE_IMPLS.index(impl) << 40) | numel
     duo.call(ALLREDUCE, code)  # allocate the buffers outside the timing
+    peer_code = (ALLREDUCE_IMPLS.index("dist.all_reduce") << 40) | numel
+    paired = None if impl == "dist.all_reduce" else lambda: duo.call(ALLREDUCE, peer_code)
     bus_bytes = numel * 4 * 2 * (WORLD - 1) / WORLD  # what each rank must send
     harness.measure(
         benchmark,
@@ -217,6 +219,7 @@ def test_allreduce_bus_bandwidth(benchmark, duo, impl, size_mb):
         device=_device_name(duo),
         work=bus_bytes,
         work_unit="B",
+        paired_peer=paired,
     )
 
 
@@ -231,6 +234,10 @@ def trained(duo):
 )
 def test_train_step(benchmark, trained, case, impl, model, peer):
     code = TRAIN_IMPLS.index(model)
+    paired = None
+    if peer:  # the peer row's model alternated with ours, same helper, same data
+        peer_code = TRAIN_IMPLS.index(peer)
+        paired = lambda: trained.call(TRAIN_STEP, peer_code)
     cfg = trained.worker.cfg
     params_count = cfg["depth"] * (cfg["width"] ** 2 + cfg["width"])
     harness.measure(
@@ -245,4 +252,5 @@ def test_train_step(benchmark, trained, case, impl, model, peer):
         device=_device_name(trained),
         work=cfg["batch"] * WORLD,
         work_unit="sample",
+        paired_peer=paired,
     )

@@ -47,6 +47,7 @@ FWD_BWD_SHAPES = harness.pick(
 )
 # fixed on the CPU (the preset must stay short): more rounds where a call is short
 ROUNDS = harness.pick(cpu={1024: 10, 2048: 5}, gpu=None)
+PAIRS = harness.pick(cpu={1024: 8, 2048: 5}, gpu=None)  # alternated ours/SDPA pairs
 # naive attention holds the whole (B, H, S, S) matrix: ~4.4 GB of peak memory at 8k
 NAIVE_MAX_SEQLEN = harness.pick(cpu=4096, gpu=16384)
 # the CPU measures memory in a fresh subprocess per call (seconds each): only at these sizes
@@ -180,6 +181,9 @@ def _run(benchmark, impl: str, shape: tuple, case: str, backward: bool) -> None:
         pytest.skip(f"naive attention only up to seqlen {NAIVE_MAX_SEQLEN} (quadratic memory)")
     batch, nheads, seqlen, head_dim, causal = shape
     call = build_call(impl, shape, backward, DEVICE, DTYPE)
+    # ours alternated with SDPA in this process (few pairs where a call takes seconds)
+    paired = build_call(PEER, shape, backward, DEVICE, DTYPE) if impl == OURS else None
+    pairs = PAIRS.get(seqlen, 3) if PAIRS else 20
     harness.measure(
         benchmark,
         call,
@@ -200,6 +204,8 @@ def _run(benchmark, impl: str, shape: tuple, case: str, backward: bool) -> None:
         work_unit="token",
         flops=_flops(shape, backward),
         rounds=None if ROUNDS is None else ROUNDS.get(seqlen, 3),
+        paired_peer=paired,
+        paired_rounds=pairs,
         warmup=1,
     )
     if ON_CUDA or seqlen in MEMORY_AT[case]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -111,6 +112,8 @@ def measure(
     flops: float | None = None,
     rounds: int | None = None,
     warmup: int = 2,
+    paired_peer: Callable[[], Any] | None = None,
+    paired_rounds: int = 20,
 ) -> Any:
     """Time ``fn()`` (no arguments; inputs prepared by the caller) and record metadata.
 
@@ -118,6 +121,12 @@ def measure(
     exactly ``rounds`` rounds after ``warmup`` untimed calls. On CUDA each call is timed
     with CUDA events (the median of those is what the report uses) and pytest-benchmark
     additionally times a synchronised wrapper. Returns the last result of ``fn``.
+
+    ``paired_peer``: the peer's call, when it can run in this process beside ours. Then,
+    after the timed rounds, ``paired_rounds`` pairs of calls alternate ours and the
+    peer's (who goes first alternates too) and ``paired_speedup`` = median peer time /
+    median our time is recorded. Separate cases run minutes apart on a shared machine,
+    so their ratio carries the load's drift; a paired ratio cancels most of it.
     """
     if work is not None and not work_unit:
         raise ValueError(f"work_unit is required when work is given (case {case!r})")
@@ -153,5 +162,39 @@ def measure(
     if rounds is None:
         for _ in range(warmup):
             fn()
-        return benchmark(fn)
-    return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=warmup)
+        result = benchmark(fn)
+    else:
+        result = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=warmup)
+    if paired_peer is not None and not getattr(benchmark, "disabled", False):
+        info.update(_paired_times(fn, paired_peer, paired_rounds, device))
+    return result
+
+
+def _paired_times(fn, peer_fn, pairs: int, device: str) -> dict[str, float]:
+    """Alternate ``fn`` and ``peer_fn`` ``pairs`` times; median times and their ratio."""
+    sync = _synchronizer(device)
+    ours, peer = [], []
+    peer_fn()  # warm the peer up too
+    sync()
+    for i in range(pairs):
+        order = [(fn, ours), (peer_fn, peer)]
+        for call, times in order if i % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            call()
+            sync()
+            times.append(time.perf_counter() - start)
+    ours_median, peer_median = statistics.median(ours), statistics.median(peer)
+    return {
+        "paired_rounds": pairs,
+        "paired_median_s": ours_median,
+        "paired_peer_median_s": peer_median,
+        "paired_speedup": peer_median / ours_median,
+    }
+
+
+def _synchronizer(device: str) -> Callable[[], None]:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.synchronize
+    return lambda: None

@@ -38,6 +38,7 @@ COLUMNS = [
     "throughput",
     "throughput_unit",
     "speedup_vs_peer",
+    "paired_speedup",
     "pct_of_limit",
     "peak_mem_bytes",
     "torch_version",
@@ -93,6 +94,7 @@ def load_results(json_path: Path) -> pd.DataFrame:
                 "throughput": work / median if work and median else None,
                 "throughput_unit": f"{info['work_unit']}/s" if work else "",
                 "speedup_vs_peer": None,
+                "paired_speedup": info.get("paired_speedup"),
                 "pct_of_limit": _pct_of_limit(info, median, ceilings),
                 "peak_mem_bytes": info.get("peak_mem_bytes"),
                 "torch_version": machine.get("torch_version"),
@@ -134,6 +136,7 @@ def package_table(frame: pd.DataFrame, package: str) -> str:
     medians = rows.set_index([*PAIR_KEY, "impl"])["median_s"]
     memory = rows.set_index([*PAIR_KEY, "impl"])["peak_mem_bytes"]
     has_memory = bool(rows["peak_mem_bytes"].notna().any())
+    has_paired = bool(rows["paired_speedup"].notna().any())
     out = []
     for _, row in rows.iterrows():
         if not row["peer"]:
@@ -155,6 +158,9 @@ def package_table(frame: pd.DataFrame, package: str) -> str:
                 "% of limit": "" if pd.isna(row["pct_of_limit"]) else f"{row['pct_of_limit']:.1f}",
             }
         )
+        if has_paired:  # ours and the peer alternated in one process: the robust ratio
+            paired = row["paired_speedup"]
+            out[-1]["speedup (alternated)"] = "" if pd.isna(paired) else f"{paired:.2f}x"
         if has_memory:  # cases that measure peak memory show it beside the times
             out[-1]["ours peak MiB"] = _mib(row["peak_mem_bytes"])
             out[-1]["peer peak MiB"] = _mib(memory.get(peer_key))
