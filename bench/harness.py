@@ -158,8 +158,8 @@ def measure(
             torch.cuda.synchronize()
             return out
 
-        return benchmark.pedantic(synced, rounds=5, iterations=1, warmup_rounds=1)
-    if rounds is None:
+        result = benchmark.pedantic(synced, rounds=5, iterations=1, warmup_rounds=1)
+    elif rounds is None:
         for _ in range(warmup):
             fn()
         result = benchmark(fn)
