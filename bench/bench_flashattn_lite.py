@@ -5,9 +5,11 @@ CPU (cpu preset): the tiled PyTorch backend against ``F.scaled_dot_product_atten
 batch 1, 8 heads, head dim 64. GPU (gpu preset): the Triton kernels against SDPA's
 flash and cuDNN backends in bfloat16, batch x seqlen = 16k, 2048 model width.
 
-Each row also records the peak extra memory of one call in ``extra_info`` as
-``peak_mem_bytes`` (CUDA: the allocator's peak; CPU: the growth of peak RSS in a fresh
-subprocess, measured once at the largest size of the preset).
+Rows also record the peak extra memory of one call in ``extra_info`` as
+``peak_mem_bytes`` (CUDA: the allocator's peak, every row; CPU: the growth of peak RSS
+over one call in a fresh subprocess after a small warm-up call, at the sizes in
+``MEMORY_AT``, with the whole process's peak RSS as ``process_peak_rss_bytes``). Our rows
+also time ours and SDPA in alternating pairs (``paired_speedup``).
 """
 
 from __future__ import annotations
