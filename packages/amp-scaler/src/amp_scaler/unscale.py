@@ -26,8 +26,7 @@ import torch
 from .reference import unscale_and_check_reference_
 
 IMPLS = ("auto", "foreach", "triton", "torch", "reference")
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_FLOAT_DTYPE_SET = frozenset(_FLOAT_DTYPES)
+_FLOAT_DTYPE_SET = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
 
 
 def _validate(

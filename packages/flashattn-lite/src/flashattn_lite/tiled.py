@@ -105,12 +105,6 @@ def _mask_tile(
             tile.add_(mask_tile.to(tile.dtype), alpha=LOG2E)
 
 
-def _rows(x: torch.Tensor, i0: int, i1: int, dtype: torch.dtype) -> torch.Tensor:
-    """Query rows ``[i0, i1)`` of ``(B, Hk, G, S, D)`` as a ``(B, Hk, G*bq, D)`` tile."""
-    b, hk, g, _, d = x.shape
-    return x[:, :, :, i0:i1].to(dtype).reshape(b, hk, g * (i1 - i0), d)
-
-
 def _single_threaded_worker() -> None:
     # intra-op threads are per OS thread: each worker runs its tiles on one core
     torch.set_num_threads(1)
@@ -212,7 +206,7 @@ def tiled_forward(
             out[:, :, :, i0:i1].zero_()
             lse[:, :, :, i0:i1].fill_(-math.inf)
             return
-        q_tile = _rows(q, i0, i1, acc_dtype) * (scale * LOG2E)  # (B, Hk, G*bq, D)
+        q_tile = scratch.rows("q", q, i0, i1).mul_(scale * LOG2E)  # (B, Hk, G*bq, D)
         rows = q_tile.shape[2]
         m = torch.full((b, hk, rows), float("-inf"), dtype=acc_dtype, device=q.device)
         l = torch.zeros((b, hk, rows), dtype=acc_dtype, device=q.device)
