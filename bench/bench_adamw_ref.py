@@ -14,6 +14,7 @@ import importlib.util
 import adamw_ref
 import pytest
 import torch
+from adamw_ref import cpp_impl
 
 import harness
 
@@ -29,6 +30,7 @@ SIZES = harness.pick(
 ROUNDS = harness.pick(cpu=5, gpu=None)  # fixed on the CPU: the preset must stay short
 IMPLS = [
     "triton",
+    "cpp",
     "compiled",
     "reference",
     "foreach",
@@ -37,6 +39,7 @@ IMPLS = [
     "torch.optim.AdamW(foreach=True)",
 ]
 CPU_SKIP = {"triton", "torch.optim.AdamW(foreach=True)"}  # GPU only / nothing new on CPU
+HAS_CPP_KERNEL = DEVICE == "cpu" and cpp_impl.unavailable_reason() is None
 
 
 def _params(total: int, count: int) -> list[torch.Tensor]:
@@ -70,10 +73,12 @@ def test_adamw_step(benchmark, impl, total, count):
         pytest.skip("CPU foreach is a loop of per-op passes: timed at 1M only (preset budget)")
     if impl == "triton" and not HAS_TRITON:
         pytest.skip("triton is not installed")
+    if impl == "cpp" and not HAS_CPP_KERNEL:
+        pytest.skip("the C++ kernel is CPU only and needs ninja and a compiler")
     params = _params(total, count)
     numel = sum(p.numel() for p in params)
     opt = _optimizer(impl, params)
-    opt.step()  # state allocation and, for "compiled", compilation: not timed
+    opt.step()  # state allocation and, for "compiled" and "cpp", compilation: not timed
     peer_step = None
     if impl != PEER:  # the fused peer on its own copy of the same parameters, alternated
         peer_params = [p.detach().clone().requires_grad_() for p in params]

@@ -44,7 +44,7 @@ def test_groups_train_with_both_optimizers_identically():
     model = TinyNet()
     twin = TinyNet()
     twin.load_state_dict(model.state_dict())
-    ours = adamw_ref.AdamW(adamw_ref.param_groups(model, 0.1), lr=1e-2)
+    ours = adamw_ref.AdamW(adamw_ref.param_groups(model, 0.1), lr=1e-2, impl="reference")
     peer = torch.optim.AdamW(adamw_ref.param_groups(twin, 0.1), lr=1e-2, foreach=False)
     tokens = torch.randint(0, 11, (4, 5), generator=torch.Generator().manual_seed(0))
     for _ in range(5):

@@ -18,7 +18,7 @@ def _roundtrip_bytes(state_dict):
 
 
 @pytest.mark.parametrize("amsgrad", [False, True])
-@pytest.mark.parametrize("impl", ["reference", "foreach", "triton"])
+@pytest.mark.parametrize("impl", ["reference", "foreach", "cpp", "triton"])
 def test_torch_state_loads_into_ours_and_training_continues(impl, amsgrad):
     if impl == "triton":
         pytest.importorskip("triton")

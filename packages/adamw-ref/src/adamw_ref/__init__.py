@@ -2,7 +2,7 @@
 
 ``Adam`` / ``AdamW`` are ``torch.optim.Optimizer`` subclasses matching
 ``torch.optim.Adam/AdamW`` step for step, with ``impl`` one of ``"auto"``,
-``"reference"``, ``"foreach"``, ``"compiled"``, ``"triton"``;
+``"reference"``, ``"foreach"``, ``"compiled"``, ``"cpp"``, ``"triton"``;
 ``adamw_ref.functional.adam_update`` is the single-tensor reference;
 ``param_groups(model, weight_decay)`` builds the usual decay / no-decay groups.
 """

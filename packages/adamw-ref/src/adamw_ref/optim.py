@@ -20,7 +20,7 @@ from torch import Tensor
 from .functional import SparseGradientError
 from .multi_tensor import foreach_update_group, reference_update_group
 
-IMPLS = ("auto", "reference", "foreach", "compiled", "triton")
+IMPLS = ("auto", "reference", "foreach", "compiled", "cpp", "triton")
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
@@ -69,17 +69,35 @@ def _check_params(params: list[Any]) -> None:
             raise TypeError(f"params[{i}] must be a floating or complex tensor, got {p.dtype}")
 
 
-def _resolve_impl(impl: str, device: torch.device) -> str:
-    """``auto``: the Triton kernel on CUDA (compiled without triton), the reference on CPU.
+# The impls whose kernels index raw memory; other layouts take the reference path.
+_NEEDS_CONTIGUOUS = frozenset({"triton", "compiled", "cpp"})
 
-    On the CPU the compiled path is faster per step but costs 20-40 s of compilation on
-    first use, and torch's CPU foreach ops loop over tensors (slower than the per-tensor
-    reference), so ``auto`` takes the reference: torch's own default CPU path, bit for bit.
+
+def _all_contiguous(tensors: list[Tensor]) -> bool:
+    for t in tensors:  # a loop, not all(genexpr): this runs for every tensor every step
+        if not t.is_contiguous():
+            return False
+    return True
+
+
+def _resolve_impl(impl: str, device: torch.device) -> str:
+    """``auto``: the Triton kernel on CUDA (``compiled`` without triton); on the CPU the
+    C++ kernel when it can be built here (ninja and a compiler), else the reference.
+
+    The C++ kernel is the fastest CPU path (faster than ``torch.optim.AdamW(fused=True)``
+    in the bench); its first use on a machine builds it (~25 s on 2 cores), later
+    processes load it from torch's extension cache. ``compiled`` is never chosen by
+    ``auto``: it is slower than the C++ kernel and compiles per dtype, rank and flags.
     """
     if impl != "auto":
         return impl
     if device.type == "cuda":
         return "triton" if importlib.util.find_spec("triton") is not None else "compiled"
+    if device.type == "cpu":
+        from .cpp_impl import kernel_available
+
+        if kernel_available():
+            return "cpp"
     return "reference"
 
 
@@ -92,6 +110,13 @@ def _impl_function(name: str) -> Callable[..., None]:
         from .compiled import compiled_update_group
 
         return compiled_update_group
+    if name == "cpp":
+        from .cpp_impl import cpp_update_group, unavailable_reason
+
+        reason = unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(reason)
+        return cpp_update_group
     if name == "triton":
         if importlib.util.find_spec("triton") is None:
             raise ImportError("impl='triton' needs triton: pip install 'adamw-ref[triton]'")
@@ -245,7 +270,7 @@ class _AdamBase(torch.optim.Optimizer):
                 if p.is_complex():  # the real view is updated exactly as torch does
                     tensors = [torch.view_as_real(t) for t in tensors]
                 target = lists
-                if impl in ("triton", "compiled") and not all(t.is_contiguous() for t in tensors):
+                if impl in _NEEDS_CONTIGUOUS and not _all_contiguous(tensors):
                     target = slow
                 target[0].append(tensors[0])
                 target[1].append(tensors[1])
@@ -283,8 +308,9 @@ class Adam(_AdamBase):
         weight_decay: L2 coefficient ``lambda`` (>= 0): ``g <- g + lambda * theta``.
         amsgrad: use the running maximum of ``v`` (Reddi et al., 2018).
         maximize: maximise the objective instead of minimising it.
-        impl: ``"auto"`` (Triton on CUDA, reference on CPU), ``"reference"``, ``"foreach"``,
-            ``"compiled"`` or ``"triton"``; all compute :func:`adamw_ref.functional.adam_update`.
+        impl: ``"auto"`` (Triton on CUDA; on the CPU the C++ kernel when it can be built,
+            else the reference), ``"reference"``, ``"foreach"``, ``"compiled"``, ``"cpp"``
+            or ``"triton"``; all compute :func:`adamw_ref.functional.adam_update`.
 
     Matches ``torch.optim.Adam(foreach=False)`` step for step (bitwise for
     ``reference``/``foreach`` on the CPU). Parameters may be float16, bfloat16, float32,
