@@ -208,3 +208,17 @@ def test_cpp_kernel_rejects_mismatched_lists():
             [p], [g], [m], [v], [], [torch.tensor(0.0)], 1e-3, 0.9, 0.999, 1e-8, 0.0,
             True, False, False,
         )  # fmt: skip
+
+
+def test_cpp_step_bumps_version_counters_like_torch():
+    # The kernel writes through raw pointers; autograd must still see the in-place change.
+    w = torch.randn(4, requires_grad=True)
+    x = torch.randn(4, requires_grad=True)
+    y = (w * x).sum()  # saves w for the backward
+    opt = adamw_ref.AdamW([w], impl="cpp")
+    w.grad = torch.randn(4)
+    before = w._version
+    opt.step()
+    assert w._version > before and opt.state[w]["exp_avg"]._version > 0
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()

@@ -183,6 +183,11 @@ void adam_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_
     step_group<double>(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, h,
                        decoupled, amsgrad, maximize);
   }
+  // Writes through raw pointers bypass autograd's version counters; bump them as
+  // torch's in-place ops do, so a tensor saved for a backward is detected as modified.
+  for (at::TensorList list : {params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps}) {
+    for (const at::Tensor& t : list) t.unsafeGetTensorImpl()->bump_version();
+  }
 }
 
 }  // namespace
