@@ -33,6 +33,7 @@ def ring_sum_errors(
     """
     import ddp_mini.ring as ring_module
 
+    default = ring_module.SEGMENT_BYTES
     ring_module.SEGMENT_BYTES = segment_bytes
     if stepwise:
         original = ring_module._ring_sum_pipelined
@@ -40,7 +41,7 @@ def ring_sum_errors(
     try:
         return _ring_sum_errors(rank, sizes, worlds)
     finally:
-        ring_module.SEGMENT_BYTES = 1 << 20
+        ring_module.SEGMENT_BYTES = default
         if stepwise:
             ring_module._ring_sum_pipelined = original
 

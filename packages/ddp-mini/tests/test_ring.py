@@ -9,8 +9,8 @@ SIZES = [0, 1, 2, 3, 7, 1001, 4099]
 WORLDS = [1, 2, 3, 4]
 
 
-# message sizes of the pipelined ring: one segment per chunk (the default 1 MB), 5
-# float64 per segment (uneven tails everywhere), and the readable stepwise schedule
+# message sizes of the pipelined ring: one segment per chunk (1 MB, more than any chunk
+# here), 5 float64 per segment (uneven tails everywhere), and the readable stepwise one
 SCHEDULES = {"1MB": (1 << 20, False), "40B": (40, False), "stepwise": (1 << 20, True)}
 
 
