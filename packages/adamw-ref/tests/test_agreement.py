@@ -51,10 +51,11 @@ def test_cpp_kernel_moments_are_torchs_bit_for_bit():
 
 
 def test_cpp_kernel_splits_a_group_between_threads_exactly():
-    # 5 tensors of 40k elements: at::parallel_for's ranges (grain 32k) start and end
-    # inside tensors, and a thread's range spans two of them.
+    # Tensors of ~40k elements: at::parallel_for's ranges (grain 32k) start and end
+    # inside tensors, and a thread's range spans two of them; empty tensors in between
+    # occupy no room in the index space.
     gen = torch.Generator().manual_seed(3)
-    shapes = [(200, 200), (40_001,), (3, 13_333), (40_000,), (17,)]
+    shapes = [(200, 200), (0,), (40_001,), (3, 13_333), (0, 4), (40_000,), (17,)]
     ps = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
     qs = [p.detach().clone().requires_grad_() for p in ps]
     threads = torch.get_num_threads()
