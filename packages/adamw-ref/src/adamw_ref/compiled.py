@@ -34,7 +34,7 @@ import torch
 import torch.fx.experimental._config as fx_config
 from torch import Tensor
 
-from .multi_tensor import increment_and_scalar_table, reference_update_group
+from .multi_tensor import increment_and_scalar_table, reference_update_group, select_tensors
 
 # Tensors per compiled call. One call per tensor cost ~3 ms per 100-tensor step on a
 # 2-core CPU; one graph for a whole group of 100 tensors took over 3 minutes to compile.
@@ -191,12 +191,10 @@ def compiled_update_group(
             continue
         buckets.setdefault((p.device, p.dtype, steps[i].dtype, p.dim()), []).append(i)
     if small:
-        reference_update_group(
-            [params[i] for i in small], [grads[i] for i in small],
-            [exp_avgs[i] for i in small], [exp_avg_sqs[i] for i in small],
-            [max_exp_avg_sqs[i] for i in small] if amsgrad else [],
-            [steps[i] for i in small], **hyper, **flags,
-        )  # fmt: skip
+        selected = select_tensors(
+            small, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
+        )
+        reference_update_group(*selected, **hyper, **flags)
     if not buckets:
         return
     chunk = _compiled_chunk()

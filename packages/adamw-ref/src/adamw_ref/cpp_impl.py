@@ -30,13 +30,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .multi_tensor import reference_update_group
+from .multi_tensor import reference_update_group, select_tensors
 
 SOURCE = Path(__file__).parent / "csrc" / "adam_cpu.cpp"
-# The kernel's dtypes; float16/bfloat16 parameters take the reference path (torch rounds
-# every intermediate to the parameter's dtype there, op by op).
+# The kernel's dtypes, of parameters and of step counters; float16/bfloat16 parameters
+# take the reference path (torch rounds every intermediate to their dtype, op by op).
 KERNEL_DTYPES = (torch.float32, torch.float64)
-_STEP_DTYPES = (torch.float32, torch.float64)
 
 _ISA_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
@@ -80,10 +79,10 @@ def kernel_available() -> bool:
 
 @functools.cache
 def _load() -> None:
-    """Build (or load from torch's extension cache) the library; registers the op."""
-    reason = unavailable_reason()
-    if reason is not None:
-        raise RuntimeError(reason)
+    """Build (or load from torch's extension cache) the library; registers the op.
+
+    Callers check :func:`unavailable_reason` first (for a clear message without ninja).
+    """
     from torch.utils import cpp_extension
 
     capability = torch.backends.cpu.get_cpu_capability()
@@ -133,30 +132,19 @@ def cpp_update_group(
             or p.dtype not in KERNEL_DTYPES
             or step.device.type != "cpu"
             or step.dim() != 0
-            or step.dtype not in _STEP_DTYPES
+            or step.dtype not in KERNEL_DTYPES
         ):
             rest.append(i)
         else:
             by_dtype.setdefault(p.dtype, []).append(i)
+    lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
     if rest:
-        reference_update_group(
-            [params[i] for i in rest], [grads[i] for i in rest],
-            [exp_avgs[i] for i in rest], [exp_avg_sqs[i] for i in rest],
-            [max_exp_avg_sqs[i] for i in rest] if amsgrad else [],
-            [steps[i] for i in rest], **hyper, **flags,
-        )  # fmt: skip
+        reference_update_group(*select_tensors(rest, *lists), **hyper, **flags)
     if not by_dtype:
         return
     _load()
     op = torch.ops.adamw_ref.adam_step_
     for index in by_dtype.values():
-        if len(index) == len(params):  # the common case: no copies of the lists
-            lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
-        else:
-            lists = (
-                [params[i] for i in index], [grads[i] for i in index],
-                [exp_avgs[i] for i in index], [exp_avg_sqs[i] for i in index],
-                [max_exp_avg_sqs[i] for i in index] if amsgrad else [],
-                [steps[i] for i in index],
-            )  # fmt: skip
-        op(*lists, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize)
+        # the common case, one dtype and nothing left out, passes the lists themselves
+        chosen = lists if len(index) == len(params) else select_tensors(index, *lists)
+        op(*chosen, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize)

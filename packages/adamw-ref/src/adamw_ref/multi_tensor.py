@@ -52,6 +52,21 @@ def reference_update_group(
         )
 
 
+def select_tensors(
+    index: list[int],
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+) -> tuple[list[Tensor], ...]:
+    """The six lists of an impl's arguments, restricted to the tensors at ``index``
+    (``max_exp_avg_sqs`` stays empty when it is, i.e. without amsgrad)."""
+    lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
+    return tuple([t[i] for i in index] if t else [] for t in lists)
+
+
 def _foreach_scale_(tensors: list[Tensor], factor: float) -> None:
     """``t.mul_(factor)`` for every tensor, rounded exactly as the per-tensor op.
 
