@@ -222,3 +222,18 @@ def test_cpp_step_bumps_version_counters_like_torch():
     assert w._version > before and opt.state[w]["exp_avg"]._version > 0
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.backward()
+
+
+def test_cpp_group_of_mixed_dtypes_matches_torch():
+    # One kernel call per dtype, half precision through the reference: each subset of the
+    # group's lists (params, grads, moments, amsgrad maxima, steps) must stay aligned.
+    gen = torch.Generator().manual_seed(9)
+    dtypes = [torch.float32, torch.float64, torch.float16, torch.float32]
+    start = [torch.randn(7 + i, generator=gen).to(d) for i, d in enumerate(dtypes)]
+    grads = [[torch.randn(p.shape, generator=gen).to(p.dtype) for p in start] for _ in range(30)]
+    kw = {"amsgrad": True, "weight_decay": 0.1}
+    ours = _run(adamw_ref.AdamW, "cpp", [p.clone().requires_grad_() for p in start], grads, **kw)
+    peer = _run(torch.optim.AdamW, None, [p.clone().requires_grad_() for p in start], grads, **kw)
+    for p, q in zip(ours, peer, strict=True):
+        tol = 0 if p.dtype == torch.float16 else 2e-5
+        torch.testing.assert_close(p, q, rtol=tol, atol=tol)
