@@ -110,6 +110,70 @@ def test_rows_that_see_no_key_give_zero_and_minus_inf():
     assert torch.isfinite(dk).all() and torch.isfinite(dv).all()
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        (1, 1, 130, 8, 4, 32, True, (-1, -1), None),  # one decoding step after a cache
+        (1, 3, 130, 8, 4, 32, True, (-1, -1), None),  # a few drafts verified at once
+        (2, 9, 4, 2, 1, 16, True, (-1, -1), None),  # rows that see no key
+        (1, 5, 40, 4, 2, 16, False, (6, 0), None),  # a window
+        (2, 4, 33, 4, 2, 16, False, (-1, -1), "bool"),  # a padding-style boolean mask
+        (1, 4, 33, 4, 4, 16, False, (-1, -1), "float"),  # an additive mask
+    ],
+    ids=["decode", "verify3", "no-key-rows", "window", "bool-mask", "float-mask"],
+)
+def test_one_tile_path_matches_the_loop(case, monkeypatch):
+    """Short query blocks take ``_one_tile_forward``; it agrees with the tiled loop."""
+    import flashattn_lite.tiled as tiled
+
+    b, sq, sk, h, hk, d, causal, window, mask_kind = case
+    q, k, v, grad = make_qkv(b, sq, sk, h, hk, d, dtype=torch.float64, seed=sq * 13 + sk)
+    q_s, k_s, v_s = (t.detach().transpose(1, 2) for t in (q, k, v))  # SDPA layout
+    mask = None
+    if mask_kind == "bool":
+        mask = torch.ones(b, 1, sq, sk, dtype=torch.bool)
+        mask[0, :, :, :7] = False  # left padding of the first sequence
+        mask[1, :, 2] = False  # and one row with no key at all
+    elif mask_kind == "float":
+        mask = torch.randn(
+            1, h, sq, sk, dtype=torch.float64, generator=torch.Generator().manual_seed(3)
+        )
+
+    def run():
+        if mask is not None:
+            return flashattn_lite.scaled_dot_product_attention(
+                q_s, k_s, v_s, attn_mask=mask, enable_gqa=True
+            ), None
+        return flashattn_lite.flash_attn_func(
+            q.detach(),
+            k.detach(),
+            v.detach(),
+            causal=causal,
+            window_size=window,
+            return_lse=True,
+            backend="torch",
+        )
+
+    calls = []
+    one_tile = tiled._one_tile_forward
+    monkeypatch.setattr(tiled, "_one_tile_forward", lambda *a: calls.append(1) or one_tile(*a))
+    out_one, lse_one = run()
+    assert calls, "a short query block should take the one-tile path"
+    monkeypatch.setattr(interface, "DEFAULT_FORWARD_BLOCKS", (2, 8))  # force the loop
+    calls.clear()
+    out_loop, lse_loop = run()
+    assert not calls
+    torch.testing.assert_close(out_one, out_loop, atol=1e-12, rtol=0)
+    if lse_one is not None:
+        torch.testing.assert_close(lse_one, lse_loop, atol=1e-6, rtol=0)
+    if mask is None:  # and both against the float64 reference
+        ref, ref_lse = flashattn_lite.attention_reference(
+            q.detach(), k.detach(), v.detach(), causal=causal, window_size=window, return_lse=True
+        )
+        torch.testing.assert_close(out_one, ref, atol=1e-12, rtol=0)
+        torch.testing.assert_close(lse_one, ref_lse.float(), atol=1e-6, rtol=0)
+
+
 def test_non_contiguous_inputs_are_handled():
     q, k, v, grad = make_qkv(2, 23, 19, 4, 2, 32, dtype=torch.float64, seed=9)
     # (B, H, S, D) storage seen as (B, S, H, D), and a head dim with stride 2

@@ -19,6 +19,10 @@ heads (or key blocks when there are fewer heads than threads), to a persistent p
 worker threads that each run single-threaded torch ops. Each worker reuses its own
 scratch tiles (``(B, Hk, G*bq, bk)`` scores, a contiguous key tile), so the loop never
 allocates and peak memory stays a few tiles plus O(N) however long the sequence.
+
+When every query fits one block and its keys one tile of the same size (decoding with a
+KV cache: a few new queries against the cache), the loop's single pass is run directly
+(``_one_tile_forward``), without the running state, scratch buffers or workers.
 """
 
 from __future__ import annotations
@@ -191,6 +195,10 @@ def tiled_forward(
     b, hk, g, seqlen_q, d = q.shape
     seqlen_k = k.shape[2]
     acc_dtype = _accum_dtype(q.dtype)
+    if seqlen_q <= block_q:
+        lo, hi = (0, seqlen_k) if attn_mask is not None else band.key_range(0, seqlen_q, seqlen_k)
+        if 0 < hi - lo and g * seqlen_q * (hi - lo) <= block_q * block_k:
+            return _one_tile_forward(q, k, v, scale, band, attn_mask, (lo, hi), acc_dtype)
     # Allocated, not filled: every row is written by the worker owning its query block.
     # A fill here would run on torch's intra-op threads, which then spin-wait for a few
     # milliseconds on the very cores the workers are about to need.
@@ -249,6 +257,50 @@ def tiled_forward(
 
     _run_parallel(query_block, list(range(0, seqlen_q, block_q)), q.device)
     return out, lse
+
+
+def _one_tile_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    band: Band,
+    attn_mask: torch.Tensor | None,
+    keys: tuple[int, int],
+    acc_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward when all queries and their keys ``[lo, hi)`` make one tile.
+
+    The loop of :func:`tiled_forward` with a single key block: the row maximum is final
+    at once, so there is no running state to rescale, no scratch buffers and no worker
+    threads. This is the shape of decoding with a KV cache (a few new queries against
+    the cache), where the loop's fixed cost of some forty small ops per call exceeded
+    the arithmetic. The tile is no larger than the loop's ``(B, Hk, G*bq, bk)`` tile.
+    """
+    b, hk, g, seqlen_q, d = q.shape
+    lo, hi = keys
+    rows = g * seqlen_q
+    q_tile = torch.empty((b, hk, g, seqlen_q, d), dtype=acc_dtype, device=q.device)
+    torch.mul(q, scale * LOG2E, out=q_tile)  # base-2 scores, as in the loop
+    k_tile = k[:, :, lo:hi].to(acc_dtype)  # (B, Hk, n, D); no copy when already acc_dtype
+    v_tile = v[:, :, lo:hi].to(acc_dtype)
+    # out= products, like the loop's: autocast leaves them in acc_dtype
+    s = torch.empty((b, hk, rows, hi - lo), dtype=acc_dtype, device=q.device)  # (B, Hk, G*Sq, n)
+    torch.matmul(q_tile.view(b, hk, rows, d), k_tile.transpose(-1, -2), out=s)
+    _mask_tile(s, band, attn_mask, (0, seqlen_q), (lo, hi), g)
+    m = s.amax(dim=-1, keepdim=True)  # (B, Hk, G*Sq, 1)
+    if attn_mask is not None or not band.is_full:
+        # a row with no allowed key has m = -inf: shift it by a finite number so its
+        # probabilities come out 0, never nan
+        m = m.clamp_min(torch.finfo(acc_dtype).min)
+    p = s.sub_(m).exp2_()
+    l = p.sum(dim=-1, keepdim=True)  # (B, Hk, G*Sq, 1)
+    seen = l > 0
+    acc = torch.empty((b, hk, rows, d), dtype=acc_dtype, device=q.device)
+    torch.matmul(p, v_tile, out=acc).div_(torch.where(seen, l, torch.ones_like(l)))
+    out = acc.view(b, hk, g, seqlen_q, d).to(q.dtype)  # (B, Hk, G, Sq, D)
+    lse = torch.where(seen, (m + torch.log2(l)) * LN2, -math.inf)  # natural log
+    return out, lse.view(b, hk, g, seqlen_q)
 
 
 def tiled_backward(
