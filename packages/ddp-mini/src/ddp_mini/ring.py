@@ -26,9 +26,10 @@ from ddp_mini._checks import require_group
 
 RING_OPS = ("sum", "avg")
 # Message size of the pipelined ring. Measured with 2 gloo ranks on the 2-core CPU
-# (ring / gloo, alternated): 2 MB gave 0.76-1.06x at 4 MB tensors and 1.16-1.27x at
-# 64 MB; 1 MB gave 0.70-0.81x and 1.10-1.20x; 256-512 KB were slower still. Fewer
-# messages mean fewer of gloo's per-message handshakes, and 2 MB still pipelines.
+# (ring / gloo, alternated): 2 MB gave 0.70-1.11x at 4 MB tensors (8 runs, mean 0.92x)
+# and 1.16-1.31x at 64 MB; 1 MB gave 0.61-0.81x (mean 0.73x) and 1.10-1.35x; 256-512 KB
+# were slower still. Fewer messages mean fewer of gloo's per-message handshakes, and
+# 2 MB still pipelines.
 SEGMENT_BYTES = 2 << 20
 _SCRATCH = threading.local()
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
