@@ -3,7 +3,9 @@
 CPU (cpu preset): the tiled PyTorch backend against ``F.scaled_dot_product_attention``
 (which has its own CPU flash kernel) and against naive materialised attention, float32,
 batch 1, 8 heads, head dim 64. GPU (gpu preset): the Triton kernels against SDPA's
-flash and cuDNN backends in bfloat16, batch x seqlen = 16k, 2048 model width.
+flash and cuDNN backends in bfloat16, batch x seqlen = 16k, 2048 model width. The CPU
+also times a decoding step (``attn_decode``: one query against a 512- or 2048-key cache,
+GQA 8:4) against SDPA.
 
 Rows also record the peak extra memory of one call in ``extra_info`` as
 ``peak_mem_bytes`` (CUDA: the allocator's peak, every row; CPU: the growth of peak RSS
@@ -54,6 +56,10 @@ PAIRS = harness.pick(cpu={1024: 8, 2048: 5}, gpu=None)  # alternated ours/SDPA p
 NAIVE_MAX_SEQLEN = harness.pick(cpu=4096, gpu=16384)
 # the CPU measures memory in a fresh subprocess per call (seconds each): only at these sizes
 MEMORY_AT = {"attn_fwd": {2048, 8192}, "attn_fwd_bwd": {4096}}
+# A decoding step: one new query against a KV cache of cache_len keys, grouped heads as in
+# the e2e model (batch, nheads, nheads_k, cache_len, head_dim). CPU only: there the torch
+# path computes it as one tile, and per-call overhead, not arithmetic, sets its time.
+DECODE_SHAPES = [(1, 8, 4, 512, 64), (1, 8, 4, 2048, 64)]
 
 
 def build_call(impl: str, shape: tuple, backward: bool, device: str, dtype: str):
@@ -231,3 +237,57 @@ def test_attn_fwd(benchmark, impl, shape):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_attn_fwd_bwd(benchmark, impl, shape):
     _run(benchmark, impl, shape, "attn_fwd_bwd", backward=True)
+
+
+def build_decode_call(impl: str, shape: tuple):
+    """One decoding step's attention of ``impl`` (no grad), on the CPU in float32."""
+    batch, nheads, nheads_k, cache_len, head_dim = shape
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, 1, nheads, head_dim, generator=gen)  # flash layout (B, S, H, D)
+    k = torch.randn(batch, cache_len, nheads_k, head_dim, generator=gen)
+    v = torch.randn(batch, cache_len, nheads_k, head_dim, generator=gen)
+    if impl == OURS:  # bottom-right causal: the new query sees the whole cache
+        attend = lambda: flashattn_lite.flash_attn_func(q, k, v, causal=True, backend="torch")
+    else:
+        qs, ks, vs = (t.transpose(1, 2) for t in (q, k, v))  # SDPA layout (B, H, S, D)
+        attend = lambda: F.scaled_dot_product_attention(qs, ks, vs, enable_gqa=True)
+
+    def call():
+        with torch.no_grad():
+            return attend()
+
+    return call
+
+
+@pytest.mark.parametrize(
+    "shape",
+    DECODE_SHAPES,
+    ids=[f"b{b}-h{h}:{hk}-cache{s}-d{d}" for b, h, hk, s, d in DECODE_SHAPES],
+)
+@pytest.mark.parametrize("impl", [OURS, PEER])
+def test_attn_decode(benchmark, impl, shape):
+    if ON_CUDA:
+        pytest.skip("the decoding step is timed on the CPU only (the torch path's one-tile case)")
+    batch, nheads, nheads_k, cache_len, head_dim = shape
+    harness.measure(
+        benchmark,
+        build_decode_call(impl, shape),
+        package=PACKAGE,
+        case="attn_decode",
+        impl=impl,
+        peer="" if impl != OURS else PEER,
+        dtype=DTYPE,
+        params={
+            "batch": batch,
+            "nheads": nheads,
+            "nheads_k": nheads_k,
+            "cache_len": cache_len,
+            "head_dim": head_dim,
+        },
+        device=DEVICE,
+        work=batch,
+        work_unit="token",
+        flops=4 * batch * nheads * cache_len * head_dim,
+        paired_peer=build_decode_call(PEER, shape) if impl == OURS else None,
+        paired_rounds=200,
+    )
