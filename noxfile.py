@@ -194,7 +194,7 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def tooling(session: nox.Session) -> None:
-    """Tests of tools/ (package template, release and change detection)."""
+    """Tests of tools/ (package template, release, change detection, the GPU session script)."""
     session.install("pytest", "build", "twine")
     session.run(
         "python",
