@@ -119,6 +119,9 @@ def build_call(impl: str, shape: tuple, backward: bool, device: str, dtype: str)
 # Steady-state extra memory of one call: a small warm-up call first (thread pools, BLAS
 # buffers, kernel code pages are one-time costs a model pays once), then the peak RSS is
 # reset (writing 5 to clear_refs) and measured over exactly one call at the real size.
+# The warm-up has 512 tokens: two of the torch path's 256-row query blocks, so it runs
+# the tiled loop on the worker threads (256 tokens would take its one-tile shortcut and
+# leave the loop's first-use costs inside the measured call).
 _MEMORY_SCRIPT = """
 import json, sys
 sys.path.insert(0, {bench_dir!r})
@@ -131,7 +134,7 @@ def status_kib(key):
 
 shape = tuple({shape!r})
 peak = 0  # the whole process's peak RSS (imports, inputs and the call), as `time -v` reports
-b.build_call({impl!r}, shape[:2] + (256,) + shape[3:], {backward!r}, "cpu", "float32")()
+b.build_call({impl!r}, shape[:2] + (512,) + shape[3:], {backward!r}, "cpu", "float32")()
 fn = b.build_call({impl!r}, shape, {backward!r}, "cpu", "float32")
 peak = status_kib("VmHWM:")
 with open("/proc/self/clear_refs", "w") as f:

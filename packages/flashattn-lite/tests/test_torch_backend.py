@@ -246,6 +246,55 @@ def test_bottom_right_alignment_literal():
     )
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("mask_kind", ["window", "bool-per-head", "float-per-batch"])
+def test_forward_tiles_of_head_groups_match_reference(mask_kind, threads, monkeypatch):
+    """Forward tiles hold one batch element and a group of kv heads; with a tile budget
+    that fits two of five kv heads the groups are ragged (2, 2, 1), and every tile must
+    take its own slice of a per-batch or per-head mask."""
+    import flashattn_lite.tiled as tiled
+
+    b, sq, sk, h, hk, d = 2, 45, 67, 10, 5, 16
+    monkeypatch.setattr(interface, "DEFAULT_FORWARD_BLOCKS", (16, 32))
+    # a tile is (heads, G * 16 rows, 32 keys) = 1024 scores per kv head: two heads fit
+    monkeypatch.setattr(tiled, "FORWARD_TILE_ELEMENTS", 2048)
+    groups = []
+    heads_per_tile = tiled._heads_per_tile
+    monkeypatch.setattr(
+        tiled, "_heads_per_tile", lambda *a: groups.append(heads_per_tile(*a)) or groups[-1]
+    )
+    q, k, v, _ = make_qkv(b, sq, sk, h, hk, d, dtype=torch.float64, seed=33)
+    q, k, v = (t.detach() for t in (q, k, v))
+    gen = torch.Generator().manual_seed(4)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        if mask_kind == "window":
+            out = flashattn_lite.flash_attn_func(
+                q, k, v, causal=True, window_size=(9, 0), backend="torch"
+            )
+            ref = flashattn_lite.attention_reference(q, k, v, causal=True, window_size=(9, 0))
+        else:
+            if mask_kind == "bool-per-head":
+                mask = torch.rand(b, h, sq, sk, generator=gen) > 0.3
+                mask[1, 7, 5] = False  # a row of one head with no key at all
+            else:
+                mask = torch.randn(b, 1, sq, sk, generator=gen, dtype=torch.float64)
+            q_s, k_s, v_s = (t.transpose(1, 2) for t in (q, k, v))  # SDPA layout
+            out = flashattn_lite.scaled_dot_product_attention(
+                q_s, k_s, v_s, attn_mask=mask, enable_gqa=True
+            ).transpose(1, 2)
+            ref = F.scaled_dot_product_attention(
+                q_s, k_s, v_s, attn_mask=mask, enable_gqa=True
+            ).transpose(1, 2)
+            if mask_kind == "bool-per-head":  # torch gives nan for the row with no key
+                ref = torch.nan_to_num(ref, nan=0.0)
+    finally:
+        torch.set_num_threads(previous)
+    assert groups == [2]
+    assert max_err(out, ref) < 1e-12
+
+
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 def test_works_under_no_grad_and_inference_mode(mode, monkeypatch):
     # small tiles: several query blocks, so the worker threads are used
