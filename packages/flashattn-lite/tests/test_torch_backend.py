@@ -247,52 +247,57 @@ def test_bottom_right_alignment_literal():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("heads", [(10, 5), (5, 5)], ids=["gqa-10:5", "mha-5"])
 @pytest.mark.parametrize("mask_kind", ["window", "bool-per-head", "float-per-batch"])
-def test_forward_tiles_of_head_groups_match_reference(mask_kind, threads, monkeypatch):
-    """Forward tiles hold one batch element and a group of kv heads; with a tile budget
-    that fits two of five kv heads the groups are ragged (2, 2, 1), and every tile must
-    take its own slice of a per-batch or per-head mask."""
+def test_tiles_of_head_groups_match_reference(mask_kind, heads, threads, monkeypatch):
+    """Tiles hold one batch element and a group of kv heads; with a tile budget that fits
+    two of five kv heads the groups are ragged (2, 2, 1), and every tile must take its
+    own slice of a per-batch or per-head mask, forward and backward."""
     import flashattn_lite.tiled as tiled
 
-    b, sq, sk, h, hk, d = 2, 45, 67, 10, 5, 16
+    (b, sq, sk, d), (h, hk) = (2, 45, 67, 16), heads
+    g = h // hk
     monkeypatch.setattr(interface, "DEFAULT_FORWARD_BLOCKS", (16, 32))
-    # a tile is (heads, G * 16 rows, 32 keys) = 1024 scores per kv head: two heads fit
-    monkeypatch.setattr(tiled, "FORWARD_TILE_ELEMENTS", 2048)
+    monkeypatch.setattr(interface, "DEFAULT_BACKWARD_BLOCKS", (16, 32))
+    # a tile is (heads, G * 16 rows, 32 keys): two kv heads fit
+    monkeypatch.setattr(tiled, "TILE_ELEMENTS", 2 * g * 16 * 32)
     groups = []
     heads_per_tile = tiled._heads_per_tile
     monkeypatch.setattr(
         tiled, "_heads_per_tile", lambda *a: groups.append(heads_per_tile(*a)) or groups[-1]
     )
-    q, k, v, _ = make_qkv(b, sq, sk, h, hk, d, dtype=torch.float64, seed=33)
-    q, k, v = (t.detach() for t in (q, k, v))
+    q, k, v, grad = make_qkv(b, sq, sk, h, hk, d, dtype=torch.float64, seed=33)
     gen = torch.Generator().manual_seed(4)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         if mask_kind == "window":
-            out = flashattn_lite.flash_attn_func(
-                q, k, v, causal=True, window_size=(9, 0), backend="torch"
-            )
-            ref = flashattn_lite.attention_reference(q, k, v, causal=True, window_size=(9, 0))
+            kw = dict(causal=True, window_size=(9, 0))
+            ours = ours_with_grads(q, k, v, grad, backend="torch", **kw)
+            ref = reference_with_grads(q, k, v, grad, **kw)
         else:
             if mask_kind == "bool-per-head":
                 mask = torch.rand(b, h, sq, sk, generator=gen) > 0.3
-                mask[1, 7, 5] = False  # a row of one head with no key at all
+                mask[1, h - 1, 5] = False  # a row of the last head with no key at all
             else:
                 mask = torch.randn(b, 1, sq, sk, generator=gen, dtype=torch.float64)
-            q_s, k_s, v_s = (t.transpose(1, 2) for t in (q, k, v))  # SDPA layout
-            out = flashattn_lite.scaled_dot_product_attention(
-                q_s, k_s, v_s, attn_mask=mask, enable_gqa=True
-            ).transpose(1, 2)
-            ref = F.scaled_dot_product_attention(
-                q_s, k_s, v_s, attn_mask=mask, enable_gqa=True
-            ).transpose(1, 2)
-            if mask_kind == "bool-per-head":  # torch gives nan for the row with no key
-                ref = torch.nan_to_num(ref, nan=0.0)
+
+            def run(attention):
+                q_s, k_s, v_s = (t.transpose(1, 2) for t in (q, k, v))  # SDPA layout
+                out = attention(q_s, k_s, v_s, attn_mask=mask, enable_gqa=True).transpose(1, 2)
+                return [out, *torch.autograd.grad(out, (q, k, v), grad)]
+
+            ours = run(flashattn_lite.scaled_dot_product_attention)
+            # torch gives nan for the row with no key (and nan gradients from it); ours 0
+            ref = [torch.nan_to_num(t, nan=0.0) for t in run(F.scaled_dot_product_attention)]
+            ours.insert(1, None)  # no lse through the SDPA interface
+            ref.insert(1, None)
     finally:
         torch.set_num_threads(previous)
-    assert groups == [2]
-    assert max_err(out, ref) < 1e-12
+    assert groups == [2, 2]  # the forward's and the backward's tiles
+    for name, a, r in zip(["out", "lse", "dq", "dk", "dv"], ours, ref, strict=True):
+        if a is not None:
+            assert max_err(a, r) < 1e-12, name
 
 
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])

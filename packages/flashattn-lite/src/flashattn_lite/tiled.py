@@ -39,13 +39,13 @@ from .masking import Band
 
 # Tile sizes (query rows, keys) per direction, chosen by measurement on a 2-core AVX-512
 # CPU at head dim 64. A forward tile holds the scores of one batch element and as many kv
-# heads as fit FORWARD_TILE_ELEMENTS (1 MiB of float32): at 8 heads, 4 heads x 256 x 256.
+# heads as fit TILE_ELEMENTS (1 MiB of float32): at 8 heads, 4 heads x 256 x 256.
 # Against the earlier 8 heads x 128 x 256 tiles that is the same scratch memory for half
 # the ops per FLOP, and larger per-head GEMMs (256 query rows reuse each packed key tile
 # twice as often); it measured 12-15% faster at 1k-4k tokens. The backward, whose outputs
 # dq/dk/dv dominate its memory anyway, works one head at a time on 256 x 256 tiles.
 DEFAULT_FORWARD_BLOCKS = (256, 256)
-FORWARD_TILE_ELEMENTS = 1 << 18
+TILE_ELEMENTS = 1 << 18
 DEFAULT_BACKWARD_BLOCKS = (256, 256)
 
 # Every exponential is taken base 2, as in the FlashAttention kernels: scores are scaled by
@@ -293,8 +293,8 @@ def tiled_forward(
 
 def _heads_per_tile(nheads_k: int, rows: int, cols: int) -> int:
     """How many kv heads one forward tile holds: as many as keep its ``(heads, rows, cols)``
-    scores within ``FORWARD_TILE_ELEMENTS`` (at least one, at most all)."""
-    return max(1, min(nheads_k, FORWARD_TILE_ELEMENTS // max(1, rows * cols)))
+    scores within ``TILE_ELEMENTS`` (at least one, at most all)."""
+    return max(1, min(nheads_k, TILE_ELEMENTS // max(1, rows * cols)))
 
 
 def _tile_of_mask(mask: torch.Tensor | None, bi: int, h0: int, h1: int) -> torch.Tensor | None:
@@ -398,81 +398,86 @@ def tiled_backward(
     dv = torch.empty(v.shape, dtype=acc_dtype, device=v.device)  # (B, Hk, Sk, D)
     scratch = _Scratch(acc_dtype, q.device)
     key_starts = list(range(0, seqlen_k, block_k))
+    blocked_cache: dict = {}  # the band's boolean tiles, shared by all heads' tiles
+    heads_per_tile = _heads_per_tile(hk, g * min(block_q, seqlen_q), min(block_k, seqlen_k))
+    # a tile holds one batch element and a group of kv heads, as in the forward
+    groups = [
+        (bi, h0, min(h0 + heads_per_tile, hk))
+        for bi in range(b)
+        for h0 in range(0, hk, heads_per_tile)
+    ]
 
-    def run_key_blocks(heads: tuple[slice, slice], starts: list[int], dq_acc: torch.Tensor):
-        """Add the gradients of key blocks ``starts`` of the heads ``heads`` (batch, Hk)."""
-        qh, doh, kh, vh = q[heads], grad_out[heads], k[heads], v[heads]
-        lseh, deltah = lse2[heads], delta[heads]
-        maskh = _heads_of_mask(attn_mask, heads)
-        nb, nh = qh.shape[0], qh.shape[1]
-        dqh, dkh, dvh = dq_acc[heads], dk[heads], dv[heads]
+    def run_key_blocks(group: tuple[int, int, int], starts: list[int], dq_acc: torch.Tensor):
+        """Add the gradients of key blocks ``starts`` of kv heads ``[h0, h1)`` of batch
+        element ``bi`` into ``dq_acc``, and write those key blocks' rows of dK and dV."""
+        bi, h0, h1 = group
+        nh = h1 - h0
+        mask = _tile_of_mask(attn_mask, bi, h0, h1)
         for j0 in starts:
             j1 = min(j0 + block_k, seqlen_k)
-            lo, hi = (0, seqlen_q) if maskh is not None else band.query_range(j0, j1, seqlen_q)
-            # contiguous copies: both q @ k^T and dO @ v^T become plain GEMMs, and the
-            # copies are reused by every query block below
-            k_tile = scratch.get("k", (nb, nh, j1 - j0, d)).copy_(kh[:, :, j0:j1])
-            v_tile = scratch.get("v", (nb, nh, j1 - j0, d)).copy_(vh[:, :, j0:j1])
-            # this key block's rows of dK and dV, (B*Hk, bk, D) views updated in place
-            dk_blk = dkh[:, :, j0:j1].view(nb * nh, j1 - j0, d).zero_()
-            dv_blk = dvh[:, :, j0:j1].view(nb * nh, j1 - j0, d).zero_()
+            lo, hi = (0, seqlen_q) if mask is not None else band.query_range(j0, j1, seqlen_q)
+            # strided views of the inputs, read by the matmuls as they are (as in the forward)
+            k_tile, v_tile = k[bi, h0:h1, j0:j1], v[bi, h0:h1, j0:j1]  # (nh, bk, D)
+            if k_tile.dtype != acc_dtype:  # low precision: products in the accumulation dtype
+                k_tile = scratch.get("k", k_tile.shape).copy_(k_tile)
+                v_tile = scratch.get("v", v_tile.shape).copy_(v_tile)
+            # this key block's rows of dK and dV, (nh, bk, D) views updated in place
+            dk_blk = dk[bi, h0:h1, j0:j1].zero_()
+            dv_blk = dv[bi, h0:h1, j0:j1].zero_()
             for i0 in range(lo, hi, block_q):
                 i1 = min(i0 + block_q, hi)
                 rows = g * (i1 - i0)
                 # q carries scale * log2(e): s below is in base-2 units like the forward's
-                q_tile = scratch.rows("q", qh, i0, i1).mul_(scale * LOG2E)  # (B, Hk, G*bq, D)
-                do_tile = scratch.rows("do", doh, i0, i1)  # (B, Hk, G*bq, D)
-                lse_tile = lseh[:, :, :, i0:i1].reshape(nb, nh, rows, 1)  # (B, Hk, G*bq, 1)
-                delta_tile = deltah[:, :, :, i0:i1].reshape(nb, nh, rows, 1)
-                s = scratch.get("s", (nb, nh, rows, j1 - j0))  # (B, Hk, G*bq, bk)
+                q_tile = scratch.get("q", (nh, g, i1 - i0, d))
+                torch.mul(q[bi, h0:h1, :, i0:i1], scale * LOG2E, out=q_tile)
+                q_tile = q_tile.view(nh, rows, d)
+                do_tile = scratch.get("do", (nh, g, i1 - i0, d))
+                do_tile = do_tile.copy_(grad_out[bi, h0:h1, :, i0:i1]).view(nh, rows, d)
+                lse_tile = lse2[bi, h0:h1, :, i0:i1].reshape(nh, rows, 1)
+                delta_tile = delta[bi, h0:h1, :, i0:i1].reshape(nh, rows, 1)
+                s = scratch.get("s", (nh, rows, j1 - j0))  # (nh, G*bq, bk)
                 torch.matmul(q_tile, k_tile.transpose(-1, -2), out=s)
-                _mask_tile(s, band, maskh, (i0, i1), (j0, j1), g)
-                p = s.sub_(lse_tile).exp2_()  # (B, Hk, G*bq, bk): the forward's probabilities
-                dv_blk.baddbmm_(p.flatten(0, 1).transpose(1, 2), do_tile.flatten(0, 1))
-                dp = scratch.get("dp", (nb, nh, rows, j1 - j0))  # (B, Hk, G*bq, bk)
+                _mask_tile(s[None], band, mask, (i0, i1), (j0, j1), g, blocked_cache)
+                p = s.sub_(lse_tile).exp2_()  # (nh, G*bq, bk): the forward's probabilities
+                dv_blk.baddbmm_(p.transpose(1, 2), do_tile)
+                dp = scratch.get("dp", (nh, rows, j1 - j0))  # (nh, G*bq, bk)
                 torch.matmul(do_tile, v_tile.transpose(-1, -2), out=dp)
-                ds = dp.sub_(delta_tile).mul_(p)  # (B, Hk, G*bq, bk)
-                dqh[:, :, :, i0:i1] += (ds @ k_tile).view(nb, nh, g, i1 - i0, d)
+                ds = dp.sub_(delta_tile).mul_(p)  # (nh, G*bq, bk)
+                dq_rows = dq_acc[bi, h0:h1, :, i0:i1]  # (nh, G, bq, D)
+                if g == 1:  # one query row per kv head row: a (nh, bq, D) view, updated by the GEMM
+                    dq_rows.view(nh, rows, d).baddbmm_(ds, k_tile)
+                else:  # G query heads' rows are Sq rows apart: not one matrix, so add a product
+                    dq_rows += (ds @ k_tile).view(nh, g, i1 - i0, d)
                 # q_tile carries scale * log2(e): the log2(e) is taken out of dK below
-                dk_blk.baddbmm_(ds.flatten(0, 1).transpose(1, 2), q_tile.flatten(0, 1))
+                dk_blk.baddbmm_(ds.transpose(1, 2), q_tile)
             dk_blk.mul_(LN2)  # this block is complete
 
     workers = max(1, min(torch.get_num_threads(), len(key_starts)))
     if q.device.type != "cpu":
         workers = 1
-    if b * hk >= workers:  # whole heads per worker: no shared rows, no reduction
-        # handed out one (batch, head) pair at a time: a worker slowed down by a busy
-        # core simply takes fewer
-        heads = [(slice(i, i + 1), slice(h, h + 1)) for i in range(b) for h in range(hk)]
+    if len(groups) >= workers:  # whole head groups per worker: no shared rows, no reduction
 
-        def one_head(item: tuple[slice, slice]) -> None:
-            dq[item].zero_()
-            run_key_blocks(item, key_starts, dq)
-            dq[item].mul_(scale)
+        def one_group(group: tuple[int, int, int]) -> None:
+            bi, h0, h1 = group
+            dq[bi, h0:h1].zero_()
+            run_key_blocks(group, key_starts, dq)
+            dq[bi, h0:h1].mul_(scale)
 
-        _run_parallel(one_head, heads, q.device)
-    else:  # fewer heads than workers: split key blocks, each worker with its own dQ
+        # handed out one group at a time: a worker slowed down by a busy core takes fewer
+        _run_parallel(one_group, groups, q.device)
+    else:  # fewer groups than workers: split key blocks, each worker with its own dQ
         dq_parts = [dq] + [torch.empty_like(dq) for _ in range(workers - 1)]
-        everything = (slice(None), slice(None))
 
         def some_key_blocks(w: int) -> None:
             dq_parts[w].zero_()
-            run_key_blocks(everything, key_starts[w::workers], dq_parts[w])
+            for group in groups:
+                run_key_blocks(group, key_starts[w::workers], dq_parts[w])
 
         _run_parallel(some_key_blocks, list(range(workers)), q.device)
         for part in dq_parts[1:]:
             dq += part
         dq *= scale
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
-
-
-def _heads_of_mask(mask: torch.Tensor | None, heads: tuple[slice, slice]) -> torch.Tensor | None:
-    """The ``(batch, Hk)`` slice of a ``(B|1, Hk|1, G|1, Sq, Sk)`` mask (size-1 dims kept)."""
-    if mask is None:
-        return None
-    batch = heads[0] if mask.shape[0] > 1 else slice(None)
-    kv_heads = heads[1] if mask.shape[1] > 1 else slice(None)
-    return mask[batch, kv_heads]
 
 
 class TiledAttention(torch.autograd.Function):
