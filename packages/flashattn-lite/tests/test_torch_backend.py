@@ -333,16 +333,20 @@ def test_workers_build_no_autograd_graph():
 @pytest.mark.parametrize(
     "shape",
     [
-        (1, 67, 45, 4, 1, 16, True, (-1, -1)),  # 1 (batch, kv head) pair < workers: key split
-        (2, 45, 67, 6, 3, 16, False, (5, 9)),  # 6 pairs >= workers: whole heads per worker
+        (1, 67, 45, 4, 1, 16, True, (-1, -1)),  # 1 head group < workers: key split
+        (2, 45, 67, 6, 3, 16, False, (5, 9)),  # 6 head groups >= workers: whole groups
     ],
     ids=["key-blocks-split", "heads-split"],
 )
 def test_backward_work_splits_match_reference(shape, threads, monkeypatch):
     """Both ways of sharing the backward between worker threads give the exact gradients."""
+    import flashattn_lite.tiled as tiled
+
     monkeypatch.setattr(interface, "DEFAULT_FORWARD_BLOCKS", (16, 8))
     monkeypatch.setattr(interface, "DEFAULT_BACKWARD_BLOCKS", (16, 8))
     b, sq, sk, h, hk, d, causal, window = shape
+    # one kv head per tile (G * 16 rows x 8 keys): as many head groups as (batch, kv head)
+    monkeypatch.setattr(tiled, "TILE_ELEMENTS", (h // hk) * 16 * 8)
     q, k, v, grad = make_qkv(b, sq, sk, h, hk, d, dtype=torch.float64, seed=21)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -8,18 +8,19 @@ so far is rescaled by ``exp(m_old - m_new)``; at the end ``out = acc / l`` and
 and recomputes each probability tile as ``exp(s - lse)``.
 
 Layout inside this module: queries ``(B, Hk, G, S, D)`` where ``G = H // Hk`` query heads
-share one key/value head, keys and values ``(B, Hk, S, D)``. One forward tile of scores is
-``(heads, G * block_q, block_k)`` for one batch element and a group of kv heads, so
-grouped-query attention costs no copy of k or v.
+share one key/value head, keys and values ``(B, Hk, S, D)``. One tile of scores is
+``(heads, G * block_q, block_k)`` for one batch element and a group of kv heads (as many
+as fit ``TILE_ELEMENTS``), so grouped-query attention costs no copy of k or v, and k and
+v tiles are strided views of the inputs.
 
 Exponentials are base 2 (scores carry a factor log2(e), folded into q), as in the GPU
 kernels: on the CPU torch's ``exp2`` is several times faster than its ``exp``.
 
-Parallelism mirrors the GPU grid: the forward hands query blocks, the backward whole
-heads (or key blocks when there are fewer heads than threads), to a persistent pool of
-worker threads that each run single-threaded torch ops. Each worker reuses its own
-scratch tiles (scores, the scaled query rows), so the loop never allocates a tile and
-peak memory stays a few tiles plus O(N) however long the sequence.
+Parallelism mirrors the GPU grid: the forward hands query blocks of a head group, the
+backward whole head groups (or key blocks when there are fewer groups than threads), to
+a persistent pool of worker threads that each run single-threaded torch ops. Each worker
+reuses its own scratch tiles (scores, the scaled query rows), so the loop never
+allocates a tile and peak memory stays a few tiles plus O(N) however long the sequence.
 
 When every query fits one block and its keys one tile of the same size (decoding with a
 KV cache: a few new queries against the cache), the loop's single pass is run directly
@@ -38,15 +39,15 @@ import torch
 from .masking import Band
 
 # Tile sizes (query rows, keys) per direction, chosen by measurement on a 2-core AVX-512
-# CPU at head dim 64. A forward tile holds the scores of one batch element and as many kv
-# heads as fit TILE_ELEMENTS (1 MiB of float32): at 8 heads, 4 heads x 256 x 256.
-# Against the earlier 8 heads x 128 x 256 tiles that is the same scratch memory for half
-# the ops per FLOP, and larger per-head GEMMs (256 query rows reuse each packed key tile
-# twice as often); it measured 12-15% faster at 1k-4k tokens. The backward, whose outputs
-# dq/dk/dv dominate its memory anyway, works one head at a time on 256 x 256 tiles.
+# CPU at head dim 64. A tile holds the scores of one batch element and as many kv heads
+# as fit TILE_ELEMENTS (1 MiB of float32): at 8 heads, 4 heads x 256 x 256. Every tile
+# costs ~20 small torch calls of Python and dispatch on top of its two or four GEMMs, and
+# the worker threads contend for the GIL between calls, so fewer, larger tiles run
+# faster. Against the earlier tiles (forward: all heads x 128 x 256; backward: one head
+# x 256 x 256) this measured 15-25% faster at 1k-4k tokens, for the same scratch memory.
 DEFAULT_FORWARD_BLOCKS = (256, 256)
-TILE_ELEMENTS = 1 << 18
 DEFAULT_BACKWARD_BLOCKS = (256, 256)
+TILE_ELEMENTS = 1 << 18
 
 # Every exponential is taken base 2, as in the FlashAttention kernels: scores are scaled by
 # log2(e) once (folded into q), so exp(x) = exp2(log2(e) * x). On the CPU torch's exp2 is
@@ -371,9 +372,10 @@ def tiled_backward(
     ``dK = scale * dS^T Q``.
 
     Work is split like the GPU grid, deterministically: when there are at least as many
-    (batch, key/value head) pairs as workers, each worker owns whole heads and so its rows
-    of dQ, dK and dV; otherwise each worker owns key blocks (and their rows of dK, dV) and
-    accumulates dQ, which every key block adds to, in a private copy summed at the end.
+    head groups (one batch element's kv heads that fit one tile) as workers, each worker
+    owns whole groups and so their rows of dQ, dK and dV; otherwise each worker owns key
+    blocks (and their rows of dK, dV) and accumulates dQ, which every key block adds to, in
+    a private copy summed at the end.
     """
     b, hk, g, seqlen_q, d = q.shape
     seqlen_k = k.shape[2]
