@@ -184,3 +184,17 @@ def test_reference_validates_too():
     q, k, v = _qkv(h=4, hk=3)
     with pytest.raises(ValueError, match="must be divisible"):
         flashattn_lite.attention_reference(q, k, v)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_double_backward_is_a_clear_error(backend):
+    """The backward is not itself differentiable: differentiating it again must raise, not
+    silently drop the attention's second-order terms (e.g. in a gradient penalty)."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    q, k, v = (t.to(device).requires_grad_() for t in _qkv(sq=16, sk=16))
+    out = flash_attn_func(q, k, v, backend=backend)
+    (dq,) = torch.autograd.grad(out.square().sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        dq.sum().backward()

@@ -35,6 +35,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .masking import Band
 
@@ -377,6 +378,8 @@ def tiled_backward(
     blocks (and their rows of dK, dV) and accumulates dQ, which every key block adds to, in
     a private copy summed at the end.
     """
+    # plain views, as in the forward (the saved inputs require grad)
+    grad_out, q, k, v = grad_out.detach(), q.detach(), k.detach(), v.detach()
     b, hk, g, seqlen_q, d = q.shape
     seqlen_k = k.shape[2]
     acc_dtype = _accum_dtype(q.dtype)
@@ -506,6 +509,7 @@ class TiledAttention(torch.autograd.Function):
         return out_flash, lse_heads
 
     @staticmethod
+    @once_differentiable  # no double backward: a clear error, not dropped terms
     def backward(ctx, grad_out, grad_lse):  # type: ignore[override]
         q, k, v, out, lse, attn_mask = ctx.saved_tensors
         kh, vh = k.transpose(1, 2), v.transpose(1, 2)  # (B, Hk, Sk, D) views

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 import triton
+from torch.autograd.function import once_differentiable
 
 from .masking import Band
 from .triton_backward import _attn_bwd_dkdv, _attn_bwd_dq, _bwd_delta
@@ -208,6 +209,7 @@ class TritonAttention(torch.autograd.Function):
         return out, lse
 
     @staticmethod
+    @once_differentiable  # no double backward: a clear error, not dropped terms
     def backward(ctx, grad_out, grad_lse):  # type: ignore[override]
         q, k, v, out, lse = ctx.saved_tensors
         dq, dk, dv = _backward(
