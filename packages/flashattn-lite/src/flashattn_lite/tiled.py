@@ -245,40 +245,44 @@ def tiled_forward(
         q_tile = scratch.get("q", (nh, g, i1 - i0, d))  # (nh, G, bq, D), scaled copy
         torch.mul(q[bi, h0:h1, :, i0:i1], scale * LOG2E, out=q_tile)
         q_tile = q_tile.view(nh, rows, d)
+        k_group, v_group = k[bi, h0:h1], v[bi, h0:h1]  # (nh, Sk, D) views
         acc = torch.empty((nh, rows, d), dtype=acc_dtype, device=q.device)
-        m = l = None  # running max and sum, (nh, G*bq), from the first key tile on
+        # running max and sum, (nh, G*bq, 1) so they broadcast over a tile's keys as they
+        # are; set by the first key tile
+        m = l = None
         for j0 in range(lo, hi, block_k):
             j1 = min(j0 + block_k, hi)
             # k and v tiles are strided views of the inputs (rows H*D apart in the flash
             # layout): the matmuls read them as they are, which measured faster than copying
             # each key tile once per query block into a contiguous buffer
-            k_tile, v_tile = k[bi, h0:h1, j0:j1], v[bi, h0:h1, j0:j1]  # (nh, bk, D)
+            k_tile, v_tile = k_group[:, j0:j1], v_group[:, j0:j1]  # (nh, bk, D)
             if k_tile.dtype != acc_dtype:  # low precision: products in the accumulation dtype
                 k_tile = scratch.get("k", k_tile.shape).copy_(k_tile)
                 v_tile = scratch.get("v", v_tile.shape).copy_(v_tile)
             s = scratch.get("s", (nh, rows, j1 - j0))  # (nh, G*bq, bk)
             torch.matmul(q_tile, k_tile.transpose(-1, -2), out=s)  # base-2 scores
-            _mask_tile(s[None], band, mask, (i0, i1), (j0, j1), g, blocked_cache)
-            tile_max = s.amax(dim=-1)  # (nh, G*bq)
+            if may_mask:
+                _mask_tile(s[None], band, mask, (i0, i1), (j0, j1), g, blocked_cache)
+            tile_max = s.amax(dim=-1, keepdim=True)  # (nh, G*bq, 1)
             if m is None:  # the first tile sets the running state: nothing to rescale
                 m = tile_max
                 # a row with every key masked so far has m = -inf: shift it by a finite
                 # number instead, so that exp2(-inf - shift) = 0 and never inf - inf
                 m_shift = m.clamp_min(floor) if may_mask else m
-                p = s.sub_(m_shift[..., None]).exp2_()  # (nh, G*bq, bk), in place: s is dead
-                l = p.sum(dim=-1)
+                p = s.sub_(m_shift).exp2_()  # (nh, G*bq, bk), in place: s is dead
+                l = p.sum(dim=-1, keepdim=True)
                 torch.matmul(p, v_tile, out=acc)
                 continue
             m_new = torch.maximum(m, tile_max)
             m_shift = m_new.clamp_min(floor) if may_mask else m_new
-            p = s.sub_(m_shift[..., None]).exp2_()
+            p = s.sub_(m_shift).exp2_()
             alpha = m.sub_(m_shift).exp2_()  # rescales what was summed under the old max
-            l.mul_(alpha).add_(p.sum(dim=-1))
+            l.mul_(alpha).add_(p.sum(dim=-1, keepdim=True))
             # acc = alpha * acc + p @ v, the product accumulated by the GEMM itself (beta=1)
-            acc.mul_(alpha[..., None]).baddbmm_(p, v_tile)
+            acc.mul_(alpha).baddbmm_(p, v_tile)
             m = m_new
         # rows that saw no key have l = 0 and acc = 0: out 0, and lse = -inf + -inf = -inf
-        acc.div_(l.clamp_min(torch.finfo(acc_dtype).tiny)[..., None])  # (nh, G*bq, D)
+        acc.div_(l.clamp_min(torch.finfo(acc_dtype).tiny))  # (nh, G*bq, D)
         out_rows.copy_(acc.view(nh, g, i1 - i0, d))  # casts to q's dtype
         # back to natural log: lse = ln(2) * (m + log2(l))
         lse_rows.copy_(m.add_(l.log2_()).mul_(LN2).view(nh, g, i1 - i0))
@@ -418,37 +422,43 @@ def tiled_backward(
         bi, h0, h1 = group
         nh = h1 - h0
         mask = _tile_of_mask(attn_mask, bi, h0, h1)
+        # the group's views, sliced per tile below: (nh, G, Sq, D), (nh, Sk, D), (nh, G, Sq)
+        q_g, do_g, dq_g = q[bi, h0:h1], grad_out[bi, h0:h1], dq_acc[bi, h0:h1]
+        k_g, v_g, dk_g, dv_g = k[bi, h0:h1], v[bi, h0:h1], dk[bi, h0:h1], dv[bi, h0:h1]
+        lse_g, delta_g = lse2[bi, h0:h1], delta[bi, h0:h1]
+        may_mask = mask is not None or not band.is_full
         for j0 in starts:
             j1 = min(j0 + block_k, seqlen_k)
             lo, hi = (0, seqlen_q) if mask is not None else band.query_range(j0, j1, seqlen_q)
             # strided views of the inputs, read by the matmuls as they are (as in the forward)
-            k_tile, v_tile = k[bi, h0:h1, j0:j1], v[bi, h0:h1, j0:j1]  # (nh, bk, D)
+            k_tile, v_tile = k_g[:, j0:j1], v_g[:, j0:j1]  # (nh, bk, D)
             if k_tile.dtype != acc_dtype:  # low precision: products in the accumulation dtype
                 k_tile = scratch.get("k", k_tile.shape).copy_(k_tile)
                 v_tile = scratch.get("v", v_tile.shape).copy_(v_tile)
             # this key block's rows of dK and dV, (nh, bk, D) views updated in place
-            dk_blk = dk[bi, h0:h1, j0:j1].zero_()
-            dv_blk = dv[bi, h0:h1, j0:j1].zero_()
+            dk_blk = dk_g[:, j0:j1].zero_()
+            dv_blk = dv_g[:, j0:j1].zero_()
             for i0 in range(lo, hi, block_q):
                 i1 = min(i0 + block_q, hi)
                 rows = g * (i1 - i0)
                 # q carries scale * log2(e): s below is in base-2 units like the forward's
                 q_tile = scratch.get("q", (nh, g, i1 - i0, d))
-                torch.mul(q[bi, h0:h1, :, i0:i1], scale * LOG2E, out=q_tile)
+                torch.mul(q_g[:, :, i0:i1], scale * LOG2E, out=q_tile)
                 q_tile = q_tile.view(nh, rows, d)
                 do_tile = scratch.get("do", (nh, g, i1 - i0, d))
-                do_tile = do_tile.copy_(grad_out[bi, h0:h1, :, i0:i1]).view(nh, rows, d)
-                lse_tile = lse2[bi, h0:h1, :, i0:i1].reshape(nh, rows, 1)
-                delta_tile = delta[bi, h0:h1, :, i0:i1].reshape(nh, rows, 1)
+                do_tile = do_tile.copy_(do_g[:, :, i0:i1]).view(nh, rows, d)
+                lse_tile = lse_g[:, :, i0:i1].reshape(nh, rows, 1)
+                delta_tile = delta_g[:, :, i0:i1].reshape(nh, rows, 1)
                 s = scratch.get("s", (nh, rows, j1 - j0))  # (nh, G*bq, bk)
                 torch.matmul(q_tile, k_tile.transpose(-1, -2), out=s)
-                _mask_tile(s[None], band, mask, (i0, i1), (j0, j1), g, blocked_cache)
+                if may_mask:
+                    _mask_tile(s[None], band, mask, (i0, i1), (j0, j1), g, blocked_cache)
                 p = s.sub_(lse_tile).exp2_()  # (nh, G*bq, bk): the forward's probabilities
                 dv_blk.baddbmm_(p.transpose(1, 2), do_tile)
                 dp = scratch.get("dp", (nh, rows, j1 - j0))  # (nh, G*bq, bk)
                 torch.matmul(do_tile, v_tile.transpose(-1, -2), out=dp)
                 ds = dp.sub_(delta_tile).mul_(p)  # (nh, G*bq, bk)
-                dq_rows = dq_acc[bi, h0:h1, :, i0:i1]  # (nh, G, bq, D)
+                dq_rows = dq_g[:, :, i0:i1]  # (nh, G, bq, D)
                 if g == 1:  # one query row per kv head row: a (nh, bq, D) view, updated by the GEMM
                     dq_rows.view(nh, rows, d).baddbmm_(ds, k_tile)
                 else:  # G query heads' rows are Sq rows apart: not one matrix, so add a product
