@@ -259,8 +259,9 @@ def test_tiles_of_head_groups_match_reference(mask_kind, heads, threads, monkeyp
     g = h // hk
     monkeypatch.setattr(interface, "DEFAULT_FORWARD_BLOCKS", (16, 32))
     monkeypatch.setattr(interface, "DEFAULT_BACKWARD_BLOCKS", (16, 32))
-    # a tile is (heads, G * 16 rows, 32 keys): two kv heads fit
-    monkeypatch.setattr(tiled, "TILE_ELEMENTS", 2 * g * 16 * 32)
+    # a tile is (heads, G * 16 rows, 32 keys): two kv heads fit the budget, which is
+    # TILE_ELEMENTS per thread
+    monkeypatch.setattr(tiled, "TILE_ELEMENTS", 2 * g * 16 * 32 // threads)
     groups = []
     heads_per_tile = tiled._heads_per_tile
     monkeypatch.setattr(
@@ -302,7 +303,7 @@ def test_tiles_of_head_groups_match_reference(mask_kind, heads, threads, monkeyp
 
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 def test_works_under_no_grad_and_inference_mode(mode, monkeypatch):
-    # small tiles: several query blocks, so the worker threads are used
+    # small tiles: several query blocks and key blocks per call
     monkeypatch.setattr(interface, "DEFAULT_FORWARD_BLOCKS", (16, 16))
     monkeypatch.setattr(interface, "DEFAULT_BACKWARD_BLOCKS", (16, 16))
     q, k, v, _ = make_qkv(1, 67, 53, 4, 2, 16, dtype=torch.float64, seed=14)
@@ -313,8 +314,8 @@ def test_works_under_no_grad_and_inference_mode(mode, monkeypatch):
     assert max_err(out, ref) < 1e-12
 
 
-def test_workers_build_no_autograd_graph():
-    """The tiles run on worker threads; none may record autograd history (memory)."""
+def test_tiles_build_no_autograd_graph():
+    """The tiles may not record autograd history (memory), even for inputs that need grad."""
     from flashattn_lite.masking import Band
     from flashattn_lite.tiled import tiled_backward, tiled_forward
 
@@ -333,19 +334,19 @@ def test_workers_build_no_autograd_graph():
 @pytest.mark.parametrize(
     "shape",
     [
-        (1, 67, 45, 4, 1, 16, True, (-1, -1)),  # 1 head group < workers: key split
-        (2, 45, 67, 6, 3, 16, False, (5, 9)),  # 6 head groups >= workers: whole groups
+        (1, 67, 45, 4, 1, 16, True, (-1, -1)),  # MQA: one head group per batch element
+        (2, 45, 67, 6, 3, 16, False, (5, 9)),  # several head groups per batch element
     ],
-    ids=["key-blocks-split", "heads-split"],
+    ids=["mqa", "groups"],
 )
-def test_backward_work_splits_match_reference(shape, threads, monkeypatch):
-    """Both ways of sharing the backward between worker threads give the exact gradients."""
+def test_backward_with_intra_op_threads_matches_reference(shape, threads, monkeypatch):
+    """With 2 and 3 intra-op threads (the tile budget grows with them) the gradients are exact."""
     import flashattn_lite.tiled as tiled
 
     monkeypatch.setattr(interface, "DEFAULT_FORWARD_BLOCKS", (16, 8))
     monkeypatch.setattr(interface, "DEFAULT_BACKWARD_BLOCKS", (16, 8))
     b, sq, sk, h, hk, d, causal, window = shape
-    # one kv head per tile (G * 16 rows x 8 keys): as many head groups as (batch, kv head)
+    # one kv head's tile (G * 16 rows x 8 keys) per thread: heads grouped `threads` at a time
     monkeypatch.setattr(tiled, "TILE_ELEMENTS", (h // hk) * 16 * 8)
     q, k, v, grad = make_qkv(b, sq, sk, h, hk, d, dtype=torch.float64, seed=21)
     previous = torch.get_num_threads()
@@ -361,7 +362,7 @@ def test_backward_work_splits_match_reference(shape, threads, monkeypatch):
 
 
 def test_per_head_mask_with_heads_split(monkeypatch):
-    """A (B, H, L, S) float mask is sliced per head when workers own whole heads."""
+    """A (B, H, L, S) float mask is sliced per head group and batch element."""
     monkeypatch.setattr(interface, "DEFAULT_FORWARD_BLOCKS", (16, 16))
     monkeypatch.setattr(interface, "DEFAULT_BACKWARD_BLOCKS", (16, 16))
     gen = torch.Generator().manual_seed(5)
@@ -385,8 +386,10 @@ def test_per_head_mask_with_heads_split(monkeypatch):
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
 @pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")  # Python >= 3.12
-def test_forked_child_gets_its_own_worker_pool(monkeypatch):
-    """A child forked after the pool started must not hand work to threads it lacks."""
+def test_forked_child_computes_the_same(monkeypatch):
+    """A child forked after a call computes the same result. As for any torch op (OpenMP
+    is not fork-safe), the child first sets one intra-op thread, as DataLoader's forked
+    workers do."""
     import os
 
     monkeypatch.setattr(interface, "DEFAULT_FORWARD_BLOCKS", (16, 16))
@@ -395,12 +398,13 @@ def test_forked_child_gets_its_own_worker_pool(monkeypatch):
     torch.set_num_threads(2)
     try:
         with torch.no_grad():
-            expected = flashattn_lite.flash_attn_func(q, k, v, backend="torch")  # pool starts
+            expected = flashattn_lite.flash_attn_func(q, k, v, backend="torch")
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:  # child: same call, must finish and agree
             ok = False
             try:
+                torch.set_num_threads(1)
                 with torch.no_grad():
                     out = flashattn_lite.flash_attn_func(q, k, v, backend="torch")
                 ok = torch.equal(out, expected)

@@ -10,29 +10,26 @@ and recomputes each probability tile as ``exp(s - lse)``.
 Layout inside this module: queries ``(B, Hk, G, S, D)`` where ``G = H // Hk`` query heads
 share one key/value head, keys and values ``(B, Hk, S, D)``. One tile of scores is
 ``(heads, G * block_q, block_k)`` for one batch element and a group of kv heads (as many
-as fit ``TILE_ELEMENTS``), so grouped-query attention costs no copy of k or v, and k and
-v tiles are strided views of the inputs.
+as fit ``TILE_ELEMENTS`` per intra-op thread), so grouped-query attention costs no copy
+of k or v, and k and v tiles are strided views of the inputs.
 
 Exponentials are base 2 (scores carry a factor log2(e), folded into q), as in the GPU
 kernels: on the CPU torch's ``exp2`` is several times faster than its ``exp``.
 
-Parallelism mirrors the GPU grid: the forward hands query blocks of a head group, the
-backward whole head groups (or key blocks when there are fewer groups than threads), to
-a persistent pool of worker threads that each run single-threaded torch ops. Each worker
-reuses its own scratch tiles (scores, the scaled query rows), so the loop never
-allocates a tile and peak memory stays a few tiles plus O(N) however long the sequence.
+The tiles run one after another on the calling thread, and each tile's operations run
+on torch's intra-op threads (the tile budget grows with their number, so that every
+operation is large enough to split well). Scratch tiles (scores, the scaled query rows)
+are reused, so the loop never allocates a tile and peak memory stays a few tiles plus
+O(N) however long the sequence.
 
 When every query fits one block and its keys one tile of the same size (decoding with a
 KV cache: a few new queries against the cache), the loop's single pass is run directly
-(``_one_tile_forward``), without the running state, scratch buffers or workers.
+(``_one_tile_forward``), without the running state or scratch buffers.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -41,11 +38,13 @@ from .masking import Band
 
 # Tile sizes (query rows, keys) per direction, chosen by measurement on a 2-core AVX-512
 # CPU at head dim 64. A tile holds the scores of one batch element and as many kv heads
-# as fit TILE_ELEMENTS (1 MiB of float32): at 8 heads, 4 heads x 256 x 256. Every tile
-# costs ~20 small torch calls of Python and dispatch on top of its two or four GEMMs, and
-# the worker threads contend for the GIL between calls, so fewer, larger tiles run
-# faster. Against the earlier tiles (forward: all heads x 128 x 256; backward: one head
-# x 256 x 256) this measured 15-25% faster at 1k-4k tokens, for the same scratch memory.
+# as fit TILE_ELEMENTS (1 MiB of float32) per intra-op thread: with 2 threads and 8
+# heads, all 8 heads x 256 x 256. Every tile costs ~20 torch calls of Python and
+# dispatch on top of its two or four GEMMs, so fewer, larger tiles run faster. An
+# earlier design ran 1 MiB tiles on a pool of single-threaded Python worker threads:
+# those took turns holding the GIL between calls, and lost several milliseconds per call
+# to the OpenMP threads that torch leaves spinning after any parallel op (that spin
+# lasts until the next parallel region, which the tiles now are).
 DEFAULT_FORWARD_BLOCKS = (256, 256)
 DEFAULT_BACKWARD_BLOCKS = (256, 256)
 TILE_ELEMENTS = 1 << 18
@@ -64,23 +63,19 @@ def _accum_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class _Scratch:
-    """Per-thread reusable buffers: ``get(name, shape)`` is a contiguous view of one.
-
-    Each worker thread owns its buffers (keyed by thread id), grown on demand and freed
-    with this object at the end of the call.
-    """
+    """Reusable buffers: ``get(name, shape)`` is a contiguous view of one, grown on
+    demand and freed with this object at the end of the call."""
 
     def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
         self.dtype, self.device = dtype, device
-        self.buffers: dict[tuple[int, str], torch.Tensor] = {}
+        self.buffers: dict[str, torch.Tensor] = {}
 
     def get(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        key = (threading.get_ident(), name)
         numel = math.prod(shape)
-        buf = self.buffers.get(key)
+        buf = self.buffers.get(name)
         if buf is None or buf.numel() < numel:
             buf = torch.empty(numel, dtype=self.dtype, device=self.device)
-            self.buffers[key] = buf
+            self.buffers[name] = buf
         return buf[:numel].view(shape)
 
     def rows(self, name: str, x: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
@@ -123,71 +118,9 @@ def _mask_tile(
             tile.add_(mask_tile.to(tile.dtype), alpha=LOG2E)
 
 
-def _single_threaded_worker() -> None:
-    # intra-op threads are per OS thread: each worker runs its tiles on one core
-    torch.set_num_threads(1)
-
-
-# One pool for the life of the process, rebuilt only when torch's thread count changes.
-# A fresh pool per call would pay thread start-up and, worse, let every new thread
-# allocate its own BLAS packing buffers and malloc arena: extra peak memory each call.
-_POOL: ThreadPoolExecutor | None = None
-_POOL_WORKERS = 0
-_POOL_LOCK = threading.Lock()
-
-
-def _forget_pool_after_fork() -> None:
-    # a forked child inherits the pool object but not its threads: work handed to it
-    # would wait forever, so the child starts a pool of its own on first use
-    global _POOL, _POOL_WORKERS, _POOL_LOCK
-    _POOL, _POOL_WORKERS, _POOL_LOCK = None, 0, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_forget_pool_after_fork)
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    global _POOL, _POOL_WORKERS
-    with _POOL_LOCK:
-        if _POOL is None or _POOL_WORKERS != workers:
-            if _POOL is not None:
-                _POOL.shutdown(wait=False)
-            _POOL = ThreadPoolExecutor(
-                workers, thread_name_prefix="flashattn-lite", initializer=_single_threaded_worker
-            )
-            _POOL_WORKERS = workers
-        return _POOL
-
-
-def _run_parallel(task, items: list, device: torch.device) -> None:
-    """Run ``task(item)`` for every item, on as many threads as torch's intra-op pool.
-
-    Like the GPU kernels' grid, the tiles of different query blocks (forward) or key
-    blocks (backward) are independent. Running them on single-threaded workers keeps
-    every matmul and exp on one core, instead of paying a fork-join of the whole pool
-    for each of the many small tile operations (which stalls badly on a busy machine).
-    """
-
-    # grad and inference modes are per thread: give the workers the caller's (in-place
-    # writes into inference tensors are only allowed under inference mode)
-    inference = torch.is_inference_mode_enabled()
-
-    def run(item):
-        # not inference_mode(False): that guard switches grad mode back on
-        with torch.inference_mode() if inference else torch.no_grad():
-            task(item)
-
-    # on an accelerator the ops are asynchronous already: threads would only contend;
-    # a worker thread of ours calling in again (nested use) runs inline, never deadlocks
-    nested = threading.current_thread().name.startswith("flashattn-lite")
-    workers = min(torch.get_num_threads(), len(items)) if device.type == "cpu" else 1
-    if workers <= 1 or nested:
-        for item in items:
-            run(item)
-        return
-    pool = _pool(torch.get_num_threads())
-    list(pool.map(run, items))  # list() re-raises a worker's exception here
+def _tile_budget(device: torch.device) -> int:
+    """Scores one tile may hold: ``TILE_ELEMENTS`` per intra-op thread on the CPU."""
+    return TILE_ELEMENTS * (torch.get_num_threads() if device.type == "cpu" else 1)
 
 
 def tiled_forward(
@@ -216,15 +149,13 @@ def tiled_forward(
         lo, hi = (0, seqlen_k) if attn_mask is not None else band.key_range(0, seqlen_q, seqlen_k)
         if 0 < hi - lo and g * seqlen_q * (hi - lo) <= block_q * block_k:
             return _one_tile_forward(q, k, v, scale, band, attn_mask, (lo, hi), acc_dtype)
-    # Allocated, not filled: every row is written by the worker owning its query block.
-    # A fill here would run on torch's intra-op threads, which then spin-wait for a few
-    # milliseconds on the very cores the workers are about to need.
-    out = torch.empty_like(q)
+    out = torch.empty_like(q)  # every row is written by the tile of its query block
     lse = torch.empty((b, hk, g, seqlen_q), dtype=acc_dtype, device=q.device)
     scratch = _Scratch(acc_dtype, q.device)
     may_mask = attn_mask is not None or not band.is_full
-    heads_per_tile = _heads_per_tile(hk, g * min(block_q, seqlen_q), min(block_k, seqlen_k))
-
+    heads_per_tile = _heads_per_tile(
+        hk, g * min(block_q, seqlen_q), min(block_k, seqlen_k), _tile_budget(q.device)
+    )
     blocked_cache: dict = {}  # the band's boolean tiles, shared by all heads' tiles
     floor = torch.finfo(acc_dtype).min
 
@@ -293,14 +224,15 @@ def tiled_forward(
         for h0 in range(0, hk, heads_per_tile)
         for i0 in range(0, seqlen_q, block_q)
     ]
-    _run_parallel(query_block, items, q.device)
+    for item in items:
+        query_block(item)
     return out, lse
 
 
-def _heads_per_tile(nheads_k: int, rows: int, cols: int) -> int:
-    """How many kv heads one forward tile holds: as many as keep its ``(heads, rows, cols)``
-    scores within ``TILE_ELEMENTS`` (at least one, at most all)."""
-    return max(1, min(nheads_k, TILE_ELEMENTS // max(1, rows * cols)))
+def _heads_per_tile(nheads_k: int, rows: int, cols: int, budget: int) -> int:
+    """How many kv heads one tile holds: as many as keep its ``(heads, rows, cols)``
+    scores within ``budget`` elements (at least one, at most all)."""
+    return max(1, min(nheads_k, budget // max(1, rows * cols)))
 
 
 def _tile_of_mask(mask: torch.Tensor | None, bi: int, h0: int, h1: int) -> torch.Tensor | None:
@@ -326,7 +258,7 @@ def _one_tile_forward(
     """The forward when all queries and their keys ``[lo, hi)`` make one tile.
 
     The loop of :func:`tiled_forward` with a single key block: the row maximum is final
-    at once, so there is no running state to rescale, no scratch buffers and no worker
+    at once, so there is no running state to rescale, and no scratch buffers
     threads. This is the shape of decoding with a KV cache (a few new queries against
     the cache), where the loop's fixed cost of some forty small ops per call exceeded
     the arithmetic. Per kv head the tile is no larger than ``block_q * block_k``.
@@ -376,58 +308,45 @@ def tiled_backward(
     ``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - delta)``, ``dQ = scale * dS K``,
     ``dK = scale * dS^T Q``.
 
-    Work is split like the GPU grid, deterministically: when there are at least as many
-    head groups (one batch element's kv heads that fit one tile) as workers, each worker
-    owns whole groups and so their rows of dQ, dK and dV; otherwise each worker owns key
-    blocks (and their rows of dK, dV) and accumulates dQ, which every key block adds to, in
-    a private copy summed at the end.
+    Head groups (one batch element's kv heads that fit one tile) are done one after
+    another, each with all its key blocks, so every row of dQ, dK and dV is written by
+    one group: deterministic, with no reduction of private copies.
     """
     # plain views, as in the forward (the saved inputs require grad)
     grad_out, q, k, v = grad_out.detach(), q.detach(), k.detach(), v.detach()
     b, hk, g, seqlen_q, d = q.shape
     seqlen_k = k.shape[2]
     acc_dtype = _accum_dtype(q.dtype)
-    # Nothing below runs a large op on this thread before the workers start (see the
-    # forward): buffers are allocated empty and filled by the workers that own them.
-    lse2 = torch.empty_like(lse)  # (B, Hk, G, Sq), lse in base 2
-    delta = torch.empty_like(lse)  # (B, Hk, G, Sq)
-
-    def row_statistics(i0: int) -> None:
-        i1 = min(i0 + block_q, seqlen_q)
-        rows = lse[:, :, :, i0:i1]
-        # base 2 as in the forward; rows that saw nothing have lse = -inf, and shifting
-        # them by +inf makes their P exactly 0
-        lse2[:, :, :, i0:i1] = torch.where(torch.isinf(rows), math.inf, rows * LOG2E)
-        do_rows, out_rows = grad_out[:, :, :, i0:i1], out[:, :, :, i0:i1]
-        delta[:, :, :, i0:i1] = (do_rows.to(acc_dtype) * out_rows.to(acc_dtype)).sum(-1)
-
-    _run_parallel(row_statistics, list(range(0, seqlen_q, block_q)), q.device)
+    # base 2 as in the forward; rows that saw nothing have lse = -inf, and shifting them
+    # by +inf makes their P exactly 0
+    lse2 = torch.where(torch.isinf(lse), math.inf, lse * LOG2E)  # (B, Hk, G, Sq)
+    delta = (grad_out.to(acc_dtype) * out.to(acc_dtype)).sum(-1)  # (B, Hk, G, Sq)
     dq = torch.empty(q.shape, dtype=acc_dtype, device=q.device)  # (B, Hk, G, Sq, D)
     dk = torch.empty(k.shape, dtype=acc_dtype, device=k.device)  # (B, Hk, Sk, D)
     dv = torch.empty(v.shape, dtype=acc_dtype, device=v.device)  # (B, Hk, Sk, D)
     scratch = _Scratch(acc_dtype, q.device)
-    key_starts = list(range(0, seqlen_k, block_k))
     blocked_cache: dict = {}  # the band's boolean tiles, shared by all heads' tiles
-    heads_per_tile = _heads_per_tile(hk, g * min(block_q, seqlen_q), min(block_k, seqlen_k))
     # a tile holds one batch element and a group of kv heads, as in the forward
+    heads_per_tile = _heads_per_tile(
+        hk, g * min(block_q, seqlen_q), min(block_k, seqlen_k), _tile_budget(q.device)
+    )
     groups = [
         (bi, h0, min(h0 + heads_per_tile, hk))
         for bi in range(b)
         for h0 in range(0, hk, heads_per_tile)
     ]
 
-    def run_key_blocks(group: tuple[int, int, int], starts: list[int], dq_acc: torch.Tensor):
-        """Add the gradients of key blocks ``starts`` of kv heads ``[h0, h1)`` of batch
-        element ``bi`` into ``dq_acc``, and write those key blocks' rows of dK and dV."""
+    def one_group(group: tuple[int, int, int]) -> None:
+        """dQ, dK and dV of kv heads ``[h0, h1)`` of batch element ``bi``."""
         bi, h0, h1 = group
         nh = h1 - h0
         mask = _tile_of_mask(attn_mask, bi, h0, h1)
         # the group's views, sliced per tile below: (nh, G, Sq, D), (nh, Sk, D), (nh, G, Sq)
-        q_g, do_g, dq_g = q[bi, h0:h1], grad_out[bi, h0:h1], dq_acc[bi, h0:h1]
+        q_g, do_g, dq_g = q[bi, h0:h1], grad_out[bi, h0:h1], dq[bi, h0:h1].zero_()
         k_g, v_g, dk_g, dv_g = k[bi, h0:h1], v[bi, h0:h1], dk[bi, h0:h1], dv[bi, h0:h1]
         lse_g, delta_g = lse2[bi, h0:h1], delta[bi, h0:h1]
         may_mask = mask is not None or not band.is_full
-        for j0 in starts:
+        for j0 in range(0, seqlen_k, block_k):
             j1 = min(j0 + block_k, seqlen_k)
             lo, hi = (0, seqlen_q) if mask is not None else band.query_range(j0, j1, seqlen_q)
             # strided views of the inputs, read by the matmuls as they are (as in the forward)
@@ -466,32 +385,10 @@ def tiled_backward(
                 # q_tile carries scale * log2(e): the log2(e) is taken out of dK below
                 dk_blk.baddbmm_(ds.transpose(1, 2), q_tile)
             dk_blk.mul_(LN2)  # this block is complete
+        dq_g.mul_(scale)
 
-    workers = max(1, min(torch.get_num_threads(), len(key_starts)))
-    if q.device.type != "cpu":
-        workers = 1
-    if len(groups) >= workers:  # whole head groups per worker: no shared rows, no reduction
-
-        def one_group(group: tuple[int, int, int]) -> None:
-            bi, h0, h1 = group
-            dq[bi, h0:h1].zero_()
-            run_key_blocks(group, key_starts, dq)
-            dq[bi, h0:h1].mul_(scale)
-
-        # handed out one group at a time: a worker slowed down by a busy core takes fewer
-        _run_parallel(one_group, groups, q.device)
-    else:  # fewer groups than workers: split key blocks, each worker with its own dQ
-        dq_parts = [dq] + [torch.empty_like(dq) for _ in range(workers - 1)]
-
-        def some_key_blocks(w: int) -> None:
-            dq_parts[w].zero_()
-            for group in groups:
-                run_key_blocks(group, key_starts[w::workers], dq_parts[w])
-
-        _run_parallel(some_key_blocks, list(range(workers)), q.device)
-        for part in dq_parts[1:]:
-            dq += part
-        dq *= scale
+    for group in groups:
+        one_group(group)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
