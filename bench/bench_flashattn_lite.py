@@ -120,8 +120,8 @@ def build_call(impl: str, shape: tuple, backward: bool, device: str, dtype: str)
 # buffers, kernel code pages are one-time costs a model pays once), then the peak RSS is
 # reset (writing 5 to clear_refs) and measured over exactly one call at the real size.
 # The warm-up has 512 tokens: two of the torch path's 256-row query blocks, so it runs
-# the tiled loop on the worker threads (256 tokens would take its one-tile shortcut and
-# leave the loop's first-use costs inside the measured call).
+# the tiled loop (256 tokens would take its one-tile shortcut and leave the loop's
+# first-use costs inside the measured call).
 _MEMORY_SCRIPT = """
 import json, sys
 sys.path.insert(0, {bench_dir!r})

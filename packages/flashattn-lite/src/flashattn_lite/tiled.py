@@ -258,10 +258,10 @@ def _one_tile_forward(
     """The forward when all queries and their keys ``[lo, hi)`` make one tile.
 
     The loop of :func:`tiled_forward` with a single key block: the row maximum is final
-    at once, so there is no running state to rescale, and no scratch buffers
-    threads. This is the shape of decoding with a KV cache (a few new queries against
-    the cache), where the loop's fixed cost of some forty small ops per call exceeded
-    the arithmetic. Per kv head the tile is no larger than ``block_q * block_k``.
+    at once, so there is no running state to rescale and no scratch buffer. This is the
+    shape of decoding with a KV cache (a few new queries against the cache), where the
+    loop's fixed cost of some forty small ops per call exceeded the arithmetic. Per kv
+    head the tile is no larger than ``block_q * block_k``.
     """
     b, hk, g, seqlen_q, d = q.shape
     lo, hi = keys
