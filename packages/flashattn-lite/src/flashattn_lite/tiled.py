@@ -78,12 +78,6 @@ class _Scratch:
             self.buffers[name] = buf
         return buf[:numel].view(shape)
 
-    def rows(self, name: str, x: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
-        """Rows ``[i0, i1)`` of ``x (B, Hk, G, S, D)`` copied into a ``(B, Hk, G*bq, D)`` buffer."""
-        bsz, nh, g, _, d = x.shape
-        tile = self.get(name, (bsz, nh, g, i1 - i0, d)).copy_(x[:, :, :, i0:i1])
-        return tile.view(bsz, nh, g * (i1 - i0), d)
-
 
 def _mask_tile(
     scores: torch.Tensor,
