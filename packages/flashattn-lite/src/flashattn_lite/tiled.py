@@ -147,16 +147,12 @@ def tiled_forward(
     lse = torch.empty((b, hk, g, seqlen_q), dtype=acc_dtype, device=q.device)
     scratch = _Scratch(acc_dtype, q.device)
     may_mask = attn_mask is not None or not band.is_full
-    heads_per_tile = _heads_per_tile(
-        hk, g * min(block_q, seqlen_q), min(block_k, seqlen_k), _tile_budget(q.device)
-    )
     blocked_cache: dict = {}  # the band's boolean tiles, shared by all heads' tiles
     floor = torch.finfo(acc_dtype).min
 
-    def query_block(item: tuple[int, int, int, int]) -> None:
+    def query_block(bi: int, h0: int, h1: int, i0: int) -> None:
         """Rows ``[i0, i1)`` of kv heads ``[h0, h1)`` of batch element ``bi``: writes those
         rows of out and lse, nothing else."""
-        bi, h0, h1, i0 = item
         i1 = min(i0 + block_q, seqlen_q)
         nh = h1 - h0
         lo, hi = (0, seqlen_k) if attn_mask is not None else band.key_range(i0, i1, seqlen_k)
@@ -212,15 +208,22 @@ def tiled_forward(
         # back to natural log: lse = ln(2) * (m + log2(l))
         lse_rows.copy_(m.add_(l.log2_()).mul_(LN2).view(nh, g, i1 - i0))
 
-    items = [
-        (bi, h0, min(h0 + heads_per_tile, hk), i0)
-        for bi in range(b)
-        for h0 in range(0, hk, heads_per_tile)
-        for i0 in range(0, seqlen_q, block_q)
-    ]
-    for item in items:
-        query_block(item)
+    for bi, h0, h1 in _head_groups(q, block_q, block_k, seqlen_k):
+        for i0 in range(0, seqlen_q, block_q):
+            query_block(bi, h0, h1, i0)
     return out, lse
+
+
+def _head_groups(
+    q: torch.Tensor, block_q: int, block_k: int, seqlen_k: int
+) -> list[tuple[int, int, int]]:
+    """``(batch element, first kv head, end kv head)`` of every tile's head group, for q
+    ``(B, Hk, G, Sq, D)`` and tiles of ``block_q`` queries by ``block_k`` keys."""
+    b, hk, g, seqlen_q, _ = q.shape
+    per_tile = _heads_per_tile(
+        hk, g * min(block_q, seqlen_q), min(block_k, seqlen_k), _tile_budget(q.device)
+    )
+    return [(bi, h0, min(h0 + per_tile, hk)) for bi in range(b) for h0 in range(0, hk, per_tile)]
 
 
 def _heads_per_tile(nheads_k: int, rows: int, cols: int, budget: int) -> int:
@@ -231,7 +234,7 @@ def _heads_per_tile(nheads_k: int, rows: int, cols: int, budget: int) -> int:
 
 def _tile_of_mask(mask: torch.Tensor | None, bi: int, h0: int, h1: int) -> torch.Tensor | None:
     """The ``(1, heads, G|1, Sq, Sk)`` part of a ``(B|1, Hk|1, G|1, Sq, Sk)`` mask that one
-    forward tile (batch element ``bi``, kv heads ``[h0, h1)``) needs (size-1 dims kept)."""
+    tile (batch element ``bi``, kv heads ``[h0, h1)``) needs (size-1 dims kept)."""
     if mask is None:
         return None
     batch = slice(bi, bi + 1) if mask.shape[0] > 1 else slice(None)
@@ -308,7 +311,7 @@ def tiled_backward(
     """
     # plain views, as in the forward (the saved inputs require grad)
     grad_out, q, k, v = grad_out.detach(), q.detach(), k.detach(), v.detach()
-    b, hk, g, seqlen_q, d = q.shape
+    g, seqlen_q, d = q.shape[2:]
     seqlen_k = k.shape[2]
     acc_dtype = _accum_dtype(q.dtype)
     # base 2 as in the forward; rows that saw nothing have lse = -inf, and shifting them
@@ -320,15 +323,7 @@ def tiled_backward(
     dv = torch.empty(v.shape, dtype=acc_dtype, device=v.device)  # (B, Hk, Sk, D)
     scratch = _Scratch(acc_dtype, q.device)
     blocked_cache: dict = {}  # the band's boolean tiles, shared by all heads' tiles
-    # a tile holds one batch element and a group of kv heads, as in the forward
-    heads_per_tile = _heads_per_tile(
-        hk, g * min(block_q, seqlen_q), min(block_k, seqlen_k), _tile_budget(q.device)
-    )
-    groups = [
-        (bi, h0, min(h0 + heads_per_tile, hk))
-        for bi in range(b)
-        for h0 in range(0, hk, heads_per_tile)
-    ]
+    may_mask = attn_mask is not None or not band.is_full
 
     def one_group(group: tuple[int, int, int]) -> None:
         """dQ, dK and dV of kv heads ``[h0, h1)`` of batch element ``bi``."""
@@ -339,7 +334,6 @@ def tiled_backward(
         q_g, do_g, dq_g = q[bi, h0:h1], grad_out[bi, h0:h1], dq[bi, h0:h1].zero_()
         k_g, v_g, dk_g, dv_g = k[bi, h0:h1], v[bi, h0:h1], dk[bi, h0:h1], dv[bi, h0:h1]
         lse_g, delta_g = lse2[bi, h0:h1], delta[bi, h0:h1]
-        may_mask = mask is not None or not band.is_full
         for j0 in range(0, seqlen_k, block_k):
             j1 = min(j0 + block_k, seqlen_k)
             lo, hi = (0, seqlen_q) if mask is not None else band.query_range(j0, j1, seqlen_q)
@@ -381,7 +375,8 @@ def tiled_backward(
             dk_blk.mul_(LN2)  # this block is complete
         dq_g.mul_(scale)
 
-    for group in groups:
+    # a tile holds one batch element and a group of kv heads, as in the forward
+    for group in _head_groups(q, block_q, block_k, seqlen_k):
         one_group(group)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
