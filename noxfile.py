@@ -10,13 +10,21 @@ the machine's pip configuration, and ``tools/constraints.txt`` pins ``torch==2.1
 so that a package's honest ``torch>=2.4`` never pulls a multi-GB CUDA build.
 Set ``MONOREPO_CONSTRAINTS`` to another file (or to ``""``) on machines that want a
 different torch.
+
+A venv with torch takes about 1-2.5 GB, and the full test run makes twenty of them, so
+the tests, integration and build sessions delete their venv when they end (pass or
+fail): the run's peak disk use is one venv, not all of them. Set
+``MONOREPO_KEEP_VENVS=1`` to keep them for inspection or ``nox -r``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import nox
@@ -40,6 +48,32 @@ BENCH_REQUIREMENTS = ROOT / "bench" / "requirements.txt"
 REPORTS = ROOT / "bench" / "reports" / "latest"
 
 
+KEEP_VENVS = os.environ.get("MONOREPO_KEEP_VENVS", "") not in ("", "0")
+
+
+def discards_venv(func: Callable[..., None]) -> Callable[..., None]:
+    """Delete the session's venv (and its tmp/) when the session ends, unless kept.
+
+    Why: twenty venvs of 1-2.5 GB each filled a CI machine's disk (ENOSPC) mid-run.
+    """
+
+    @functools.wraps(func)
+    def wrapper(session: nox.Session, **kwargs: str) -> None:
+        try:
+            func(session, **kwargs)
+        finally:
+            location = getattr(session.virtualenv, "location", None)
+            if not KEEP_VENVS and location and Path(location).is_dir():
+                shutil.rmtree(location, ignore_errors=True)
+
+    return wrapper
+
+
+def scratch_env(session: nox.Session) -> dict[str, str]:
+    """Caches that tests write (torch.compile's) go into the session's tmp/, not /tmp."""
+    return {"TORCHINDUCTOR_CACHE_DIR": str(Path(session.create_tmp()) / "inductor")}
+
+
 def module_name(package: str) -> str:
     return package.replace("-", "_")
 
@@ -60,6 +94,7 @@ def triton_env() -> dict[str, str]:
 
 @nox.session
 @nox.parametrize("package", PACKAGES)
+@discards_venv
 def tests(session: nox.Session, package: str) -> None:
     """One package's tests in a venv holding only that package and its test extras.
 
@@ -70,11 +105,19 @@ def tests(session: nox.Session, package: str) -> None:
     args = session.posargs or ["-m", "not slow"]
     session.chdir(ROOT / "packages" / package)
     session.run(
-        "python", "-m", "pytest", "tests", "-p", "no:cacheprovider", *args, env=triton_env()
+        "python",
+        "-m",
+        "pytest",
+        "tests",
+        "-p",
+        "no:cacheprovider",
+        *args,
+        env={**triton_env(), **scratch_env(session)},
     )
 
 
 @nox.session
+@discards_venv
 def integration(session: nox.Session) -> None:
     """All packages together: cross-package tests, doc examples, every bench case once."""
     install(session, *PACKAGE_DIRS, "-r", str(BENCH_REQUIREMENTS))
@@ -90,7 +133,7 @@ def integration(session: nox.Session) -> None:
         "-m",
         "not slow",
         *session.posargs,
-        env=triton_env(),
+        env={**triton_env(), **scratch_env(session)},
     )
 
 
@@ -152,6 +195,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 @nox.parametrize("package", PACKAGES)
+@discards_venv
 def build(session: nox.Session, package: str) -> None:
     """Wheel + sdist into dist/<package>/, twine check, then the wheel alone in a fresh venv."""
     session.install("build", "twine")
