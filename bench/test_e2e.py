@@ -134,3 +134,33 @@ def test_interrupted_training_resumes_exactly(tmp_path: Path):
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+
+
+def test_tree_sweep_reports_every_tree_on_the_prompts():
+    import medusa_heads
+    import torch
+    from e2e.decode import tree_sweep
+    from e2e.model import ModelConfig, build_model
+
+    model = build_model(
+        ModelConfig(
+            vocab_size=97,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
+    model.eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    heads = medusa_heads.MedusaHeads(32, 97, num_heads=2, lm_head=model.lm_head).eval()
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 97, (1, n), generator=g) for n in (5, 9, 13)]
+    trees = {1: [[0]], 3: [[0], [1], [0, 0]]}
+    rows = tree_sweep(model, heads, prompts, 6, trees)
+    assert [r["tree_nodes"] for r in rows] == [1, 3]
+    for r in rows:
+        assert 1.0 <= r["accepted_per_step"] <= 3.0  # at most depth + 1 tokens per step
+        assert r["standard_error"] >= 0.0 and r["speedup_vs_generate"] > 0.0

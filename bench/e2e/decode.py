@@ -122,3 +122,45 @@ def compare_decoders(
                 }
             )
     return rows
+
+
+def tree_sweep(
+    model, heads, prompts: list[torch.Tensor], new_tokens: int, trees: dict[int, list]
+) -> list[dict]:
+    """Every tried Medusa tree on the held-out prompts: what the tree size trades.
+
+    ``trees`` maps a node count to its choices. One run per prompt and tree, each
+    interleaved with a ``generate`` of the same prompt. Returns, per tree, the mean
+    tokens per verification step with its standard error over the prompts, and the
+    median speed-up. Reported beside the chosen tree; it does not choose it.
+    """
+    import medusa_heads
+
+    rows = []
+    for nodes, choices in sorted(trees.items()):
+        choices = [tuple(c) for c in choices]
+        lengths, ratios = [], []
+        for prompt in [prompts[0], *prompts]:  # the first pass warms this tree's shapes up
+            with torch.inference_mode():
+                base, took_base = _timed(lambda p=prompt: greedy_generate(model, p, new_tokens))
+                out, took = _timed(
+                    lambda p=prompt, c=choices: medusa_heads.generate(
+                        model, heads, p, new_tokens, choices=c
+                    )
+                )
+            if not torch.equal(out.sequences, base):
+                raise RuntimeError(f"the {nodes}-node tree's output differs from generate")
+            lengths.append(out.mean_accept_length)
+            ratios.append(took_base / took)
+        lengths, ratios = lengths[1:], ratios[1:]
+        rows.append(
+            {
+                "tree_nodes": nodes,
+                "accepted_per_step": float(np.mean(lengths)),
+                "standard_error": float(np.std(lengths, ddof=1) / np.sqrt(len(lengths)))
+                if len(lengths) > 1
+                else float("nan"),
+                "speedup_vs_generate": float(np.median(ratios)),
+            }
+        )
+    return rows

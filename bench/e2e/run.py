@@ -1,6 +1,6 @@
 """The end-to-end scenario: corpus -> DDP training -> Medusa/MTP heads -> three decoders.
 
-    python -m e2e.run                 # from bench/: the full run (about 20 + 25 minutes)
+    python -m e2e.run                 # from bench/: the full run (about 20 + 35 minutes)
     python -m e2e.run --quick         # minutes-sized smoke run (tests, the bench preset)
     python -m e2e.run --fresh         # ignore the cached checkpoint and heads
 
@@ -43,7 +43,10 @@ PROFILES = {
         tree_nodes=31,
         # tree sizes tried by e2e.heads.select_tree (fastest one, on training prompts)
         tree_sizes=(3, 5, 7, 11, 15, 23, 31),
-        prompts=8,
+        tree_prompts=12,
+        # held-out prompts: tokens per step varies ~1.3-2.7 from prompt to prompt, so 8
+        # prompts left a standard error of ~0.2 tokens/step; 32 halve it
+        prompts=32,
         prompt_len=64,
         new_tokens=96,
         runs=3,
@@ -64,6 +67,7 @@ PROFILES = {
         mtp_depth=2,
         tree_nodes=7,
         tree_sizes=(3, 7),
+        tree_prompts=2,
         prompts=2,
         prompt_len=16,
         new_tokens=12,
@@ -123,9 +127,14 @@ def _free_port() -> int:
 
 
 def write_report(
-    work: Path, out: Path, rows: list[dict], heads: dict, decode_threads: int = 1
+    work: Path,
+    out: Path,
+    rows: list[dict],
+    heads: dict,
+    decode_threads: int = 1,
+    sweep: list[dict] | None = None,
 ) -> Path:
-    """decoding.csv, e2e.md and the three plots; returns the markdown path."""
+    """decoding.csv, tree_sweep.csv, e2e.md and the three plots; returns the markdown path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,6 +184,7 @@ def write_report(
         .agg(
             identical=("identical", "all"),
             tokens_per_step=("tokens_per_step", "mean"),
+            tokens_per_step_se=("tokens_per_step", "sem"),
             tokens_per_s=("tokens_per_s", "median"),
             speedup_vs_generate=("speedup_vs_generate", "median"),
         )
@@ -214,9 +224,12 @@ def write_report(
         f"- decoding: batch 1, {decode_threads} torch thread(s) for every method, "
         f"{frame['runs'].iloc[0]} interleaved runs per prompt; tokens/s and speed-up are "
         "medians over the prompts of per-prompt medians over the runs",
+        f"- {frame['prompt'].nunique()} held-out prompts; tokens_per_step_se is the standard "
+        "error of the mean over them",
         "",
         report.markdown_table(summary.round(3), floatfmt=".3f"),
         "",
+        *_sweep_lines(sweep, out),
         "![training curve](training_curve.png)",
         "![acceptance by depth](acceptance_by_depth.png)",
         "![tokens per second](tokens_per_s.png)",
@@ -231,12 +244,29 @@ def write_report(
                 "heads": heads,
                 "decoding": summary.to_dict("records"),
                 "mtp_acceptance_rate": mtp_rate,
+                "tree_sweep": sweep or [],
             },
             indent=1,
             default=str,
         )
     )
     return path
+
+
+def _sweep_lines(sweep: list[dict] | None, out: Path) -> list[str]:
+    """The held-out tree-size sweep as a markdown section (and tree_sweep.csv)."""
+    if not sweep:
+        return []
+    frame = pd.DataFrame(sweep)
+    frame.to_csv(out / "tree_sweep.csv", index=False)
+    return [
+        "Every tree size the search tried, on the same held-out prompts (one run each,"
+        " interleaved with `generate`; this does not choose the tree). Tokens per"
+        " verification step, mean and standard error over the prompts:",
+        "",
+        report.markdown_table(frame.round(3), floatfmt=(".0f", ".3f", ".3f", ".3f")),
+        "",
+    ]
 
 
 def append_to_bench_report(e2e_md: Path) -> None:
@@ -285,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from e2e.corpus import build_corpus
-    from e2e.decode import compare_decoders, heldout_prompts
+    from e2e.decode import compare_decoders, heldout_prompts, tree_sweep
     from e2e.heads import load_heads, load_trained_model, select_tree, train_all_heads
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -300,8 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     # of this 4M-parameter model is too small to split, and on the shared 2-core
     # machine a second thread mostly waits (generate is faster on 1 thread too).
     torch.set_num_threads(DECODE_THREADS)
-    if "tree" not in heads_summary:  # older work folders: choose the tree once, keep it
-        choices, search = select_tree(model, heads, corpus, profile["tree_sizes"])
+    search = heads_summary.get("tree", {})
+    if search.get("prompts") != profile["tree_prompts"] or "choices" not in search["trials"][0]:
+        # choose the tree once per work folder and keep it (older folders chose on fewer
+        # prompts and kept no choices per size: choose again)
+        choices, search = select_tree(
+            model, heads, corpus, profile["tree_sizes"], prompts=profile["tree_prompts"]
+        )
         heads_summary["medusa"]["choices"] = choices
         heads_summary["tree"] = search
         (work / "heads_summary.json").write_text(json.dumps(heads_summary, indent=1))
@@ -310,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = compare_decoders(
         model, heads, mtp, prompts, profile["new_tokens"], choices, runs=profile["runs"]
     )
-    report = write_report(work, args.out, rows, heads_summary, DECODE_THREADS)
+    trees = {t["nodes"]: t["choices"] for t in heads_summary["tree"]["trials"]}
+    sweep = tree_sweep(model, heads, prompts, profile["new_tokens"], trees)
+    report = write_report(work, args.out, rows, heads_summary, DECODE_THREADS, sweep)
     print(report.read_text())
     shutil.copy(work / "train_summary.json", args.out / "train_summary.json")
     append_to_bench_report(report)
