@@ -62,9 +62,17 @@ def discards_venv(func: Callable[..., None]) -> Callable[..., None]:
         try:
             func(session, **kwargs)
         finally:
+            # only a venv that nox made for this session: never a --no-venv passthrough
+            # (no location) nor the interpreter nox itself runs in
             location = getattr(session.virtualenv, "location", None)
-            if not KEEP_VENVS and location and Path(location).is_dir():
-                shutil.rmtree(location, ignore_errors=True)
+            venv = Path(location).resolve() if location else None
+            if (
+                not KEEP_VENVS
+                and venv is not None
+                and (venv / "pyvenv.cfg").is_file()
+                and venv != Path(sys.prefix).resolve()
+            ):
+                shutil.rmtree(venv, ignore_errors=True)
 
     return wrapper
 
