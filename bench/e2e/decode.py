@@ -124,6 +124,21 @@ def compare_decoders(
     return rows
 
 
+def medusa_pair(model, heads, prompt: torch.Tensor, new_tokens: int, choices):
+    """One interleaved pair on ``prompt``: ``generate``, then Medusa with ``choices``.
+
+    Returns Medusa's output, generate's sequences and generate's time over Medusa's.
+    """
+    import medusa_heads
+
+    base, took_base = _timed(lambda: greedy_generate(model, prompt, new_tokens))
+    with torch.inference_mode():
+        out, took = _timed(
+            lambda: medusa_heads.generate(model, heads, prompt, new_tokens, choices=choices)
+        )
+    return out, base, took_base / took
+
+
 def tree_sweep(
     model, heads, prompts: list[torch.Tensor], new_tokens: int, trees: dict[int, list]
 ) -> list[dict]:
@@ -134,25 +149,17 @@ def tree_sweep(
     tokens per verification step with its standard error over the prompts, and the
     median speed-up. Reported beside the chosen tree; it does not choose it.
     """
-    import medusa_heads
-
     rows = []
     for nodes, choices in sorted(trees.items()):
         choices = [tuple(c) for c in choices]
+        medusa_pair(model, heads, prompts[0], new_tokens, choices)  # warms this tree's shapes up
         lengths, ratios = [], []
-        for prompt in [prompts[0], *prompts]:  # the first pass warms this tree's shapes up
-            with torch.inference_mode():
-                base, took_base = _timed(lambda p=prompt: greedy_generate(model, p, new_tokens))
-                out, took = _timed(
-                    lambda p=prompt, c=choices: medusa_heads.generate(
-                        model, heads, p, new_tokens, choices=c
-                    )
-                )
+        for prompt in prompts:
+            out, base, ratio = medusa_pair(model, heads, prompt, new_tokens, choices)
             if not torch.equal(out.sequences, base):
                 raise RuntimeError(f"the {nodes}-node tree's output differs from generate")
             lengths.append(out.mean_accept_length)
-            ratios.append(took_base / took)
-        lengths, ratios = lengths[1:], ratios[1:]
+            ratios.append(ratio)
         rows.append(
             {
                 "tree_nodes": nodes,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from e2e.corpus import Corpus
+from e2e.decode import medusa_pair
 from e2e.model import greedy_generate
 
 
@@ -197,13 +198,8 @@ def select_tree(model, heads, corpus: Corpus, sizes, *, prompts: int = 12, new_t
         ratios, lengths = [], []
         for prompt in chosen:
             for _ in range(2):  # the first pass warms this tree's shapes up
-                t0 = time.perf_counter()
-                greedy_generate(model, prompt, new_tokens)
-                t1 = time.perf_counter()
-                with torch.inference_mode():
-                    out = medusa_heads.generate(model, heads, prompt, new_tokens, choices=choices)
-                t2 = time.perf_counter()
-            ratios.append((t1 - t0) / (t2 - t1))
+                out, _, ratio = medusa_pair(model, heads, prompt, new_tokens, choices)
+            ratios.append(ratio)
             lengths.append(out.mean_accept_length)
         trials.append(
             {
