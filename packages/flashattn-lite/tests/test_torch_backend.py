@@ -314,6 +314,35 @@ def test_works_under_no_grad_and_inference_mode(mode, monkeypatch):
     assert max_err(out, ref) < 1e-12
 
 
+@pytest.mark.parametrize("sq", [1, 3, 40], ids=["decode", "verify3", "prefill"])
+def test_inference_skips_the_autograd_function_and_agrees(sq, monkeypatch):
+    """Without autograd the forward runs directly (decoding's fixed cost), bitwise as
+    through ``TiledAttention``; with grad it still goes through the Function."""
+    import flashattn_lite.tiled as tiled
+
+    q, k, v, grad = make_qkv(1, sq, 53, 4, 2, 16, dtype=torch.float32, seed=sq)
+    applied = []
+    apply = tiled.TiledAttention.apply
+    monkeypatch.setattr(tiled.TiledAttention, "apply", lambda *a: applied.append(1) or apply(*a))
+    out_grad, lse_grad = flashattn_lite.flash_attn_func(
+        q, k, v, causal=True, return_lse=True, backend="torch"
+    )
+    assert applied and out_grad.grad_fn is not None
+    out_grad.backward(grad)
+    assert q.grad is not None and k.grad is not None and v.grad is not None
+    applied.clear()
+    with torch.no_grad():
+        out, lse = flashattn_lite.flash_attn_func(
+            q, k, v, causal=True, return_lse=True, backend="torch"
+        )
+    detached = flashattn_lite.flash_attn_func(
+        q.detach(), k.detach(), v.detach(), causal=True, backend="torch"
+    )
+    assert not applied and out.grad_fn is None and detached.grad_fn is None
+    assert torch.equal(out, out_grad.detach()) and torch.equal(lse, lse_grad)
+    assert torch.equal(detached, out)
+
+
 def test_tiles_build_no_autograd_graph():
     """The tiles may not record autograd history (memory), even for inputs that need grad."""
     from flashattn_lite.masking import Band

@@ -13,7 +13,7 @@ import os
 import torch
 
 from .masking import Band, flash_band, sdpa_band
-from .tiled import DEFAULT_BACKWARD_BLOCKS, DEFAULT_FORWARD_BLOCKS, TiledAttention
+from .tiled import DEFAULT_BACKWARD_BLOCKS, DEFAULT_FORWARD_BLOCKS, tiled_attention
 from .validation import check_flash_inputs, check_qkv, check_scale
 
 BACKENDS = ("auto", "torch", "triton")
@@ -69,7 +69,7 @@ def _attention(
         from .triton_attention import triton_attention  # imports triton only now
 
         return triton_attention(q, k, v, scale, band, deterministic)
-    out, lse = TiledAttention.apply(
+    out, lse = tiled_attention(
         q, k, v, scale, band, attn_mask, DEFAULT_FORWARD_BLOCKS, DEFAULT_BACKWARD_BLOCKS
     )
     return out, lse.float()

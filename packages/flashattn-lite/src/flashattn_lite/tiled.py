@@ -263,19 +263,30 @@ def _one_tile_forward(
     b, hk, g, seqlen_q, d = q.shape
     lo, hi = keys
     rows = g * seqlen_q
-    q_tile = torch.empty((b, hk, g, seqlen_q, d), dtype=acc_dtype, device=q.device)
-    torch.mul(q, scale * LOG2E, out=q_tile)  # base-2 scores, as in the loop
     k_tile = k[:, :, lo:hi].to(acc_dtype)  # (B, Hk, n, D); no copy when already acc_dtype
     v_tile = v[:, :, lo:hi].to(acc_dtype)
+    q_tile = torch.empty((b, hk, g, seqlen_q, d), dtype=acc_dtype, device=q.device)
+    torch.mul(q, scale * LOG2E, out=q_tile)  # base-2 scores, as in the loop
+    q_tile = q_tile.view(b, hk, rows, d)
     # out= products, like the loop's: autocast leaves them in acc_dtype
     s = torch.empty((b, hk, rows, hi - lo), dtype=acc_dtype, device=q.device)  # (B, Hk, G*Sq, n)
-    torch.matmul(q_tile.view(b, hk, rows, d), k_tile.transpose(-1, -2), out=s)
-    _mask_tile(s, band, attn_mask, (0, seqlen_q), (lo, hi), g)
+    torch.matmul(q_tile, k_tile.transpose(-1, -2), out=s)
+    masked = attn_mask is not None or band.needs_mask(0, seqlen_q, lo, hi)
+    if masked:
+        _mask_tile(s, band, attn_mask, (0, seqlen_q), (lo, hi), g)
     m = s.amax(dim=-1, keepdim=True)  # (B, Hk, G*Sq, 1)
-    if attn_mask is not None or not band.is_full:
-        # a row with no allowed key has m = -inf: shift it by a finite number so its
-        # probabilities come out 0, never nan
-        m = m.clamp_min(torch.finfo(acc_dtype).min)
+    if not masked:
+        # every row sees a key, and its largest term is exp2(0) = 1: l >= 1 below.
+        # The shortest path: decoding runs it once per layer and token.
+        p = s.sub_(m).exp2_()
+        l = p.sum(dim=-1, keepdim=True)  # (B, Hk, G*Sq, 1)
+        acc = torch.empty((b, hk, rows, d), dtype=acc_dtype, device=q.device)
+        torch.matmul(p, v_tile, out=acc).div_(l)  # (B, Hk, G*Sq, D)
+        lse = l.log2_().add_(m).mul_(LN2)  # natural log
+        return acc.view(b, hk, g, seqlen_q, d).to(q.dtype), lse.view(b, hk, g, seqlen_q)
+    # a row with no allowed key has m = -inf: shift it by a finite number so its
+    # probabilities come out 0, never nan
+    m = m.clamp_min(torch.finfo(acc_dtype).min)
     p = s.sub_(m).exp2_()
     l = p.sum(dim=-1, keepdim=True)  # (B, Hk, G*Sq, 1)
     seen = l > 0
@@ -381,6 +392,58 @@ def tiled_backward(
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
+def _grouped(q: torch.Tensor, nheads_k: int) -> torch.Tensor:
+    """Flash-layout ``(B, S, H, D)`` queries as ``(B, Hk, G, S, D)``: a view, H splits."""
+    b, seqlen, nheads, d = q.shape
+    return q.transpose(1, 2).reshape(b, nheads_k, nheads // nheads_k, seqlen, d)
+
+
+def _forward_flash_layout(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    band: Band,
+    attn_mask: torch.Tensor | None,
+    forward_blocks: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward on flash-layout tensors: ``(out (B, Sq, H, D), lse (B, H, Sq))`` and
+    the grouped ``out``/``lse`` that the backward reads."""
+    b, seqlen_q, nheads, d = q.shape
+    nheads_k = k.shape[2]
+    # strided views, no copy: each matrix of a tile still has a unit-stride head dim
+    kh, vh = k.transpose(1, 2), v.transpose(1, 2)  # (B, Hk, Sk, D)
+    mask = _group_mask(attn_mask, nheads_k, nheads // nheads_k)
+    out, lse = tiled_forward(_grouped(q, nheads_k), kh, vh, scale, band, mask, *forward_blocks)
+    out_flash = out.reshape(b, nheads, seqlen_q, d).transpose(1, 2)  # (B, Sq, H, D)
+    return out_flash, lse.reshape(b, nheads, seqlen_q), out, lse
+
+
+def tiled_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    band: Band,
+    attn_mask: torch.Tensor | None,
+    forward_blocks: tuple[int, int] = DEFAULT_FORWARD_BLOCKS,
+    backward_blocks: tuple[int, int] = DEFAULT_BACKWARD_BLOCKS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tiled attention on flash-layout tensors ``(B, S, H, D)``: ``(out, lse (B, H, Sq))``.
+
+    Differentiable through :class:`TiledAttention` when autograd records and an input
+    requires grad; otherwise (inference, decoding) the forward runs without the
+    ``autograd.Function`` machinery, which costs more than the arithmetic of one
+    decoding step.
+    """
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return TiledAttention.apply(
+            q, k, v, scale, band, attn_mask, forward_blocks, backward_blocks
+        )
+    out, lse, _, _ = _forward_flash_layout(q, k, v, scale, band, attn_mask, forward_blocks)
+    return out, lse
+
+
 class TiledAttention(torch.autograd.Function):
     """Differentiable tiled attention on flash-layout tensors ``(B, S, H, D)``.
 
@@ -389,18 +452,11 @@ class TiledAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, scale, band, attn_mask, forward_blocks, backward_blocks):  # type: ignore[override]
-        b, seqlen_q, nheads, d = q.shape
-        nheads_k = k.shape[2]
-        group = nheads // nheads_k
-        qg = q.transpose(1, 2).reshape(b, nheads_k, group, seqlen_q, d)  # a view: H splits
-        # strided views, no copy: each matrix of a tile still has a unit-stride head dim
-        kh, vh = k.transpose(1, 2), v.transpose(1, 2)  # (B, Hk, Sk, D)
-        mask = _group_mask(attn_mask, nheads_k, group)
-        out, lse = tiled_forward(qg, kh, vh, scale, band, mask, *forward_blocks)
+        out_flash, lse_heads, out, lse = _forward_flash_layout(
+            q, k, v, scale, band, attn_mask, forward_blocks
+        )
         ctx.save_for_backward(q, k, v, out, lse, attn_mask)
         ctx.scale, ctx.band, ctx.blocks = scale, band, backward_blocks
-        out_flash = out.reshape(b, nheads, seqlen_q, d).transpose(1, 2)  # (B, Sq, H, D)
-        lse_heads = lse.reshape(b, nheads, seqlen_q)  # (B, H, Sq)
         ctx.mark_non_differentiable(lse_heads)
         return out_flash, lse_heads
 
@@ -411,13 +467,10 @@ class TiledAttention(torch.autograd.Function):
         kh, vh = k.transpose(1, 2), v.transpose(1, 2)  # (B, Hk, Sk, D) views
         b, seqlen_q, nheads, d = q.shape
         nheads_k = k.shape[2]
-        group = nheads // nheads_k
-        qg = q.transpose(1, 2).reshape(b, nheads_k, group, seqlen_q, d)
-        dog = grad_out.transpose(1, 2).reshape(b, nheads_k, group, seqlen_q, d)
-        mask = _group_mask(attn_mask, nheads_k, group)
+        mask = _group_mask(attn_mask, nheads_k, nheads // nheads_k)
         dq, dk, dv = tiled_backward(
-            dog,
-            qg,
+            _grouped(grad_out, nheads_k),
+            _grouped(q, nheads_k),
             kh,
             vh,
             out,
