@@ -193,9 +193,15 @@ def test_parallel_heads_match_naive_float64():
         torch.testing.assert_close(heads.head_loss(k, hidden, ids).double(), expected_k)
 
 
+@pytest.mark.parametrize("sdpa_gqa", [True, False], ids=["enable_gqa", "repeated-heads"])
 @pytest.mark.parametrize("num_key_value_heads", [1, 2, 4])
-def test_block_matches_transformers_llama_layer(num_key_value_heads):
+def test_block_matches_transformers_llama_layer(num_key_value_heads, sdpa_gqa, monkeypatch):
+    """Both ways of reading grouped key/value heads (SDPA's enable_gqa on torch >= 2.5,
+    repeated heads before) give transformers' layer, with and without a cache."""
     transformers = pytest.importorskip("transformers")
+    import mtp_heads.blocks
+
+    monkeypatch.setattr(mtp_heads.blocks, "_SDPA_HAS_GQA", sdpa_gqa)
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
     model = tiny_llama(num_key_value_heads=num_key_value_heads, dtype=torch.float64)
@@ -218,6 +224,11 @@ def test_block_matches_transformers_llama_layer(num_key_value_heads):
     ref = ref[0] if isinstance(ref, tuple) else ref
     # transformers builds its rotary angles in float32 (ours in float64), hence 1e-7
     torch.testing.assert_close(ours(x)[0], ref, rtol=1e-6, atol=1e-7)
+    _, kv = ours(x[:, :7])
+    for start, stop in ((7, 9), (9, 10), (10, 11)):  # 2 queries, then 1, after the cache
+        part, new_kv = ours(x[:, start:stop], start=start, past=kv)
+        torch.testing.assert_close(part, ref[:, start:stop], rtol=1e-6, atol=1e-7)
+        kv = tuple(torch.cat((a, b), 2) for a, b in zip(kv, new_kv, strict=True))
     _ = transformers
 
 

@@ -29,6 +29,10 @@ class BlockConfig:
     initializer_range: float = 0.02
 
 
+# SDPA's enable_gqa (torch >= 2.5) reads grouped key/value heads without copying them
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
 class RMSNorm(nn.Module):
     """``x / sqrt(mean(x^2) + eps) * weight``, computed in float32 like Llama's."""
 
@@ -130,19 +134,23 @@ class CausalSelfAttention(nn.Module):
         if past is not None and past[0].shape[-2] > 0:
             k = torch.cat((past[0], k), dim=-2)  # (B, nkv, start+L, hd)
             v = torch.cat((past[1], v), dim=-2)
-        if nh != nkv:  # query head h reads key/value head h // (nh / nkv), as in Llama
+        # query head h reads key/value head h // (nh / nkv), as in Llama
+        gqa = {}
+        if nh != nkv and _SDPA_HAS_GQA:  # SDPA reads the shared heads in place
+            gqa = {"enable_gqa": True}
+        elif nh != nkv:  # torch < 2.5: repeat them
             k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hd)
             v = v.repeat_interleave(nh // nkv, dim=1)
         S = k.shape[-2]
         if S == L:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
         elif L == 1:  # one query after the cache: it sees every key
-            y = F.scaled_dot_product_attention(q, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, **gqa)
         else:
             # Queries sit at the end of the key range: a bottom-right aligned causal mask.
             q_pos = torch.arange(S - L, S, device=x.device)[:, None]
             k_pos = torch.arange(S, device=x.device)[None, :]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=k_pos <= q_pos)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=k_pos <= q_pos, **gqa)
         y = y.transpose(1, 2).reshape(B, L, nh * hd)  # (B, L, nh*hd)
         return self.o_proj(y), new_kv
 
