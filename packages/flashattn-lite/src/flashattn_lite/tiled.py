@@ -275,25 +275,24 @@ def _one_tile_forward(
     if masked:
         _mask_tile(s, band, attn_mask, (0, seqlen_q), (lo, hi), g)
     m = s.amax(dim=-1, keepdim=True)  # (B, Hk, G*Sq, 1)
-    if not masked:
-        # every row sees a key, and its largest term is exp2(0) = 1: l >= 1 below.
-        # The shortest path: decoding runs it once per layer and token.
-        p = s.sub_(m).exp2_()
-        l = p.sum(dim=-1, keepdim=True)  # (B, Hk, G*Sq, 1)
-        acc = torch.empty((b, hk, rows, d), dtype=acc_dtype, device=q.device)
-        torch.matmul(p, v_tile, out=acc).div_(l)  # (B, Hk, G*Sq, D)
-        lse = l.log2_().add_(m).mul_(LN2)  # natural log
-        return acc.view(b, hk, g, seqlen_q, d).to(q.dtype), lse.view(b, hk, g, seqlen_q)
-    # a row with no allowed key has m = -inf: shift it by a finite number so its
-    # probabilities come out 0, never nan
-    m = m.clamp_min(torch.finfo(acc_dtype).min)
+    if masked:
+        # a row with no allowed key has m = -inf: shift it by a finite number so its
+        # probabilities come out 0, never nan
+        m = m.clamp_min(torch.finfo(acc_dtype).min)
     p = s.sub_(m).exp2_()
     l = p.sum(dim=-1, keepdim=True)  # (B, Hk, G*Sq, 1)
-    seen = l > 0
     acc = torch.empty((b, hk, rows, d), dtype=acc_dtype, device=q.device)
-    torch.matmul(p, v_tile, out=acc).div_(torch.where(seen, l, torch.ones_like(l)))
+    torch.matmul(p, v_tile, out=acc)  # (B, Hk, G*Sq, D)
+    if not masked:
+        # every row sees a key and its largest term is exp2(0) = 1, so l >= 1: no guard
+        # for empty rows on the path a decoding step takes once per layer and token
+        acc.div_(l)
+        lse = l.log2_().add_(m).mul_(LN2)  # natural log
+    else:
+        seen = l > 0
+        acc.div_(torch.where(seen, l, torch.ones_like(l)))
+        lse = torch.where(seen, (m + torch.log2(l)) * LN2, -math.inf)  # natural log
     out = acc.view(b, hk, g, seqlen_q, d).to(q.dtype)  # (B, Hk, G, Sq, D)
-    lse = torch.where(seen, (m + torch.log2(l)) * LN2, -math.inf)  # natural log
     return out, lse.view(b, hk, g, seqlen_q)
 
 

@@ -134,13 +134,13 @@ class CausalSelfAttention(nn.Module):
         if past is not None and past[0].shape[-2] > 0:
             k = torch.cat((past[0], k), dim=-2)  # (B, nkv, start+L, hd)
             v = torch.cat((past[1], v), dim=-2)
-        # query head h reads key/value head h // (nh / nkv), as in Llama
         gqa = {}
-        if nh != nkv and _SDPA_HAS_GQA:  # SDPA reads the shared heads in place
-            gqa = {"enable_gqa": True}
-        elif nh != nkv:  # torch < 2.5: repeat them
-            k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hd)
-            v = v.repeat_interleave(nh // nkv, dim=1)
+        if nh != nkv:  # query head h reads key/value head h // (nh / nkv), as in Llama
+            if _SDPA_HAS_GQA:  # SDPA reads the shared heads in place
+                gqa["enable_gqa"] = True
+            else:  # torch < 2.5: repeat them
+                k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hd)
+                v = v.repeat_interleave(nh // nkv, dim=1)
         S = k.shape[-2]
         if S == L:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
