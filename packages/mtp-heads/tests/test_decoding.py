@@ -227,11 +227,13 @@ def test_draft_caches_give_the_cache_free_logits(kind, depth):
     heads = KINDS[kind](C, V, depth, 2, num_key_value_heads=1, intermediate_size=24)
     heads.double()
     g = torch.Generator().manual_seed(7)
-    trunk = torch.randn(1, 60, C, generator=g, dtype=torch.float64)  # h^0 of every position
+    # h^0 of every position; 40 steps take the sequence past the draft buffers' first
+    # capacity (64 rows), so their growth is covered too
+    trunk = torch.randn(1, 200, C, generator=g, dtype=torch.float64)
     tokens = torch.randint(0, V, (1, 4), generator=g)  # prompt t_0..t_2 and t_3 = t_m
     state = heads.start_drafting()
     seen = 0
-    for step in range(12):
+    for step in range(40):
         m = tokens.shape[1] - 1
         n = depth if step % 4 else max(1, depth - 1)  # sometimes fewer drafts
         got = []
@@ -249,6 +251,7 @@ def test_draft_caches_give_the_cache_free_logits(kind, depth):
         a = int(torch.randint(0, n + 1, (), generator=g))  # drafts the "model" accepted
         bonus = torch.randint(0, V, (1, 1), generator=g)
         tokens = torch.cat((tokens, torch.tensor([ref_drafts[:a]], dtype=torch.long), bonus), 1)
+    assert tokens.shape[1] > 64
 
 
 def test_full_forward_path_is_lossless_too(llama, trained_heads, monkeypatch):

@@ -42,12 +42,17 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        if dtype in (torch.float16, torch.bfloat16):  # normalise in float32, scale in dtype
-            x32 = x.float()
-            x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-            return self.weight * x32.to(dtype)
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused op
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of ``x`` ``(..., C)`` with ``weight`` ``(C,)`` (what ``RMSNorm`` computes)."""
+    dtype = x.dtype
+    if dtype in (torch.float16, torch.bfloat16):  # normalise in float32, scale in dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        return weight * x32.to(dtype)
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)  # one fused op
 
 
 def rotary_cos_sin(
@@ -189,6 +194,96 @@ class TransformerBlock(nn.Module):
         x = x + a
         x = x + self.mlp(self.post_attention_norm(x))
         return x, new_kv
+
+
+class GrowingRows:
+    """A buffer of rows along dimension ``dim``, written in place and grown by doubling.
+
+    Decoding appends a few rows per step; keeping them in one preallocated tensor
+    (instead of ``torch.cat`` of the history at every step) makes a step's cost
+    independent of the sequence length. Rows past what the caller treats as final are
+    scratch that a later ``write`` overwrites.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.data: torch.Tensor | None = None
+
+    def write(self, start: int, rows: torch.Tensor) -> None:
+        """Store ``rows`` at positions ``start .. start + rows.shape[dim] - 1``."""
+        end = start + rows.shape[self.dim]
+        data = self.data
+        if data is None or data.shape[self.dim] < end:
+            shape = list(rows.shape)
+            shape[self.dim] = max(64, 1 << (end - 1).bit_length())
+            grown = rows.new_empty(shape)
+            if data is not None and start > 0:  # keep the rows before ``start``
+                grown.narrow(self.dim, 0, start).copy_(data.narrow(self.dim, 0, start))
+            self.data = data = grown
+        data.narrow(self.dim, start, end - start).copy_(rows)
+
+    def read(self, start: int, end: int) -> torch.Tensor:
+        """A view of positions ``start .. end - 1``."""
+        assert self.data is not None
+        return self.data.narrow(self.dim, start, end - start)
+
+
+class BlockDecoder:
+    """A ``TransformerBlock`` for decoding: fused projections and an in-place KV cache.
+
+    The same arithmetic as ``TransformerBlock.forward`` with ``past``, restated for a
+    few rows per call: q/k/v come from one matrix product (their weights concatenated
+    once, here) and gate/up from another, rotary positions rotate q and k together, and
+    keys/values are written into a growing buffer instead of being concatenated to the
+    history. Build it after training: it copies the weights it fuses.
+    """
+
+    def __init__(self, block: TransformerBlock) -> None:
+        attn, mlp, cfg = block.attn, block.mlp, block.attn.cfg
+        self.cfg, self.block, self.rotary = cfg, block, attn.rotary
+        with torch.no_grad():
+            self.w_qkv = torch.cat((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight))
+            self.w_gate_up = torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight))
+        self.keys, self.values = GrowingRows(dim=2), GrowingRows(dim=2)  # (1, nkv, S, hd)
+
+    def __call__(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """``x`` ``(1, L, C)`` at positions ``start .. start+L-1`` -> ``(1, L, C)``.
+
+        Keys/values of positions ``0 .. start-1`` must be in the buffer (from earlier
+        calls); this call writes those of its own positions after them.
+        """
+        cfg, block = self.cfg, self.block
+        B, L, _ = x.shape
+        nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        eps = cfg.rms_norm_eps
+        qkv = F.linear(rms_norm(x, block.input_norm.weight, eps), self.w_qkv)
+        qkv = qkv.view(B, L, nh + 2 * nkv, hd).transpose(1, 2)  # (B, nh+2nkv, L, hd)
+        cos, sin = self.rotary.get(start, L, x)
+        qk = apply_rotary(qkv[:, : nh + nkv], cos, sin)  # q and k rotated in one pass
+        self.keys.write(start, qk[:, nh:])
+        self.values.write(start, qkv[:, nh + nkv :])
+        S = start + L
+        k, v = self.keys.read(0, S), self.values.read(0, S)  # (B, nkv, S, hd)
+        q = qk[:, :nh]
+        gqa = {}
+        if nh != nkv:
+            if _SDPA_HAS_GQA:
+                gqa["enable_gqa"] = True
+            else:
+                k = k.repeat_interleave(nh // nkv, dim=1)
+                v = v.repeat_interleave(nh // nkv, dim=1)
+        if L == 1:  # one query after the cache: it sees every key
+            y = F.scaled_dot_product_attention(q, k, v, **gqa)
+        elif S == L:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
+        else:  # bottom-right aligned causal mask: query i sits at position start + i
+            mask = torch.ones(L, S, dtype=torch.bool, device=x.device).tril(start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
+        x = x + F.linear(y.transpose(1, 2).reshape(B, L, nh * hd), block.attn.o_proj.weight)
+        gate, up = F.linear(
+            rms_norm(x, block.post_attention_norm.weight, eps), self.w_gate_up
+        ).chunk(2, dim=-1)
+        return x + F.linear(F.silu(gate) * up, block.mlp.down_proj.weight)
 
 
 def init_weights(module: nn.Module, std: float) -> None:

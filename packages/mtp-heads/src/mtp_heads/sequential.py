@@ -16,9 +16,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .blocks import RMSNorm, TransformerBlock, check_positive_int, init_weights
+from .blocks import (
+    BlockDecoder,
+    GrowingRows,
+    RMSNorm,
+    TransformerBlock,
+    check_positive_int,
+    init_weights,
+    rms_norm,
+)
 from .common import (
     SharedWeightsMixin,
     block_config,
@@ -194,17 +203,20 @@ class SequentialDraftState:
     verified tokens: they are *committed* (keys/values and outputs kept). Positions
     m-k+1..m-1 read draft tokens: they are computed for this draft and recomputed next
     time. So each call costs (new positions + k - 1) rows at depth k.
+
+    Each depth runs through a ``BlockDecoder`` (fused projections, keys/values written
+    in place); the states h^k live in growing buffers whose rows past the committed ones
+    are the scratch of the current draft. The readable cache-free statement of the same
+    computation is ``MTPModule.forward`` (the tests compare the two).
     """
 
     def __init__(self, mtp: MTPModule) -> None:
         self.mtp = mtp
         D = mtp.depth
-        self.outputs: list[torch.Tensor | None] = [None] * (D + 1)  # committed h^k, (1, c_k, C)
-        self.kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * (D + 1)
-
-    def committed(self, k: int) -> int:
-        out = self.outputs[k]
-        return 0 if out is None else out.shape[1]
+        self.blocks = [BlockDecoder(d.block) for d in mtp.depths]
+        self.states = [GrowingRows(dim=1) for _ in range(D + 1)]  # h^k, (1, positions, C)
+        self.num_committed = [0] * (D + 1)  # rows of h^k (and its keys/values) kept
+        self.proj = [d.proj.weight for d in mtp.depths]  # M_k, (C, 2C)
 
     def draft(
         self,
@@ -224,28 +236,34 @@ class SequentialDraftState:
         Returns:
             The draft tokens ``[d_{m+1}, ..., d_{m+num_drafts}]``, each ``(1,)``.
         """
+        mtp, eps = self.mtp, self.mtp.cfg.rms_norm_eps
         m = tokens.shape[1] - 1
-        h0 = new_hidden if self.outputs[0] is None else torch.cat((self.outputs[0], new_hidden), 1)
-        self.outputs[0] = h0
-        if h0.shape[1] != m:
-            raise RuntimeError(f"draft state out of sync: {h0.shape[1]} states for {m} tokens")
-        h_prev_full = h0  # h^{k-1} at positions 0..m-1
+        seen = self.num_committed[0]
+        if seen + new_hidden.shape[1] != m:
+            raise RuntimeError(
+                f"draft state out of sync: {seen + new_hidden.shape[1]} states for {m} tokens"
+            )
+        self.states[0].write(seen, new_hidden)
+        self.num_committed[0] = m
         drafts: list[torch.Tensor] = []
+        ext = tokens
         for k in range(1, num_drafts + 1):
-            c = self.committed(k)
-            ext = torch.cat([tokens, *(d.view(1, 1) for d in drafts)], dim=1)  # (1, m+k)
-            h_k, new_kv = self.mtp.depth_step(
-                k, h_prev_full[:, c:m], ext[:, c + k : m + k], start=c, past=self.kv[k]
-            )  # (1, m-c, C)
-            old = self.outputs[k]
-            h_prev_full = h_k if old is None else torch.cat((old, h_k), 1)  # (1, m, C)
-            n_commit = max(0, m - k + 1 - c)  # positions j <= m-k read no draft
-            if n_commit:
-                keys, values = (t[:, :, :n_commit] for t in new_kv)
-                past = self.kv[k]
-                if past is not None:
-                    keys, values = torch.cat((past[0], keys), 2), torch.cat((past[1], values), 2)
-                self.kv[k] = (keys, values)
-                self.outputs[k] = h_prev_full[:, : c + n_commit]
-            drafts.append(choose(self.mtp.logits_of(k, h_k[:, -1])))  # d_{m+k}
+            d = mtp.depths[k - 1]
+            c = self.num_committed[k]
+            if drafts:  # depth k reads t_{j+k}, which for the last k-1 rows are drafts
+                ext = torch.cat((tokens, torch.cat(drafts).view(1, -1)), dim=1)  # (1, m+k)
+            h_prev = self.states[k - 1].read(c, m)  # h^{k-1} at positions c..m-1
+            e = mtp._embed_tokens(ext[:, c + k : m + k])  # Emb(t_{j+k})
+            x = torch.cat(
+                (
+                    rms_norm(h_prev, d.hidden_norm.weight, eps),
+                    rms_norm(e, d.embed_norm.weight, eps),
+                ),
+                dim=-1,
+            )
+            h_k = self.blocks[k - 1](F.linear(x, self.proj[k - 1]), c)  # (1, m-c, C)
+            self.states[k].write(c, h_k)
+            # positions j <= m-k read no draft: their rows and keys/values are final
+            self.num_committed[k] = max(c, m - k + 1)
+            drafts.append(choose(mtp.logits_of(k, h_k[:, -1])))  # d_{m+k}
         return drafts
