@@ -226,6 +226,32 @@ def test_auto_backend_is_torch_on_cpu():
     assert torch.equal(auto, torch_path)
 
 
+def test_band_tiles_match_their_definition():
+    """``Band.allowed`` (triangles) and ``every_row_sees_a_key`` against index grids."""
+    from flashattn_lite.masking import Band
+
+    g = torch.Generator().manual_seed(11)
+    for _ in range(400):
+        diagonal = int(torch.randint(-12, 13, (), generator=g))
+        left, right = (
+            None if torch.rand((), generator=g) < 0.4 else int(torch.randint(0, 9, (), generator=g))
+            for _ in range(2)
+        )
+        band = Band(diagonal, left, right)
+        i0, j0 = (int(torch.randint(0, 10, (), generator=g)) for _ in range(2))
+        i1 = i0 + int(torch.randint(0, 8, (), generator=g))
+        j1 = j0 + int(torch.randint(0, 12, (), generator=g))
+        rel = torch.arange(j0, j1)[None, :] - torch.arange(i0, i1)[:, None] - diagonal
+        want = torch.ones_like(rel, dtype=torch.bool)
+        if left is not None:
+            want &= rel >= -left
+        if right is not None:
+            want &= rel <= right
+        assert torch.equal(band.allowed(i0, i1, j0, j1), want), (band, i0, i1, j0, j1)
+        assert band.every_row_sees_a_key(i0, i1, j0, j1) == bool(want.any(-1).all())
+        assert band.needs_mask(i0, i1, j0, j1) or bool(want.all())
+
+
 def test_bottom_right_alignment_literal():
     """flash-attn's documented example: seqlen_q 2, seqlen_k 5, causal."""
     expected = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)

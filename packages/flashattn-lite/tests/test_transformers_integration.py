@@ -126,6 +126,60 @@ def test_greedy_generate_with_kv_cache_matches_eager(models):
     assert torch.equal(got, ref)
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["plain", "left-padded"])
+def test_new_queries_after_a_cache_match_eager(models, monkeypatch, padded):
+    """Several new tokens after a KV cache (speculative verification, chunked prefill).
+
+    transformers builds a causal mask for them; ours recognises the plain one as the
+    bottom-right band (no mask reaches the kernel) and reads a padded one as a mask.
+    """
+    from transformers import DynamicCache
+
+    eager, _, ours = models
+    gen = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, 97, (2, 15), generator=gen)
+    mask = torch.ones(2, 15, dtype=torch.long)
+    if padded:
+        mask[1, :3] = 0
+    kernel_masks = []
+    real = fa_transformers._attention
+
+    def spy(q, k, v, scale, band, attn_mask, *args):
+        kernel_masks.append(attn_mask is not None)
+        return real(q, k, v, scale, band, attn_mask, *args)
+
+    monkeypatch.setattr(fa_transformers, "_attention", spy)
+    logits = []
+    with torch.no_grad():
+        for model in (eager, ours):
+            cache = DynamicCache(config=model.config)
+            model(ids[:, :11], attention_mask=mask[:, :11], cache=cache, use_cache=True)
+            out = model(ids[:, 11:], attention_mask=mask, cache=cache, use_cache=True)
+            logits.append(out.logits)
+    keep = mask[:, 11:].bool()
+    torch.testing.assert_close(logits[1][keep], logits[0][keep], atol=1e-5, rtol=1e-5)
+    # 2 layers x (prefill, continuation); the prefill without padding needs no mask
+    assert kernel_masks == ([True] * 4 if padded else [False] * 4)
+
+
+def test_only_plain_continuation_masks_are_marked():
+    from transformers.masking_utils import causal_mask_function
+
+    mark = fa_transformers._BAND_MARK
+    build = fa_transformers.causal_continuation_mask
+    plain = build(1, 3, 10, 7, 0, mask_function=causal_mask_function)
+    assert getattr(plain, mark, False)
+    assert torch.equal(plain[0, 0], torch.ones(3, 10, dtype=torch.bool).tril(7))
+    padding = torch.ones(1, 10, dtype=torch.bool)
+    padding[0, 0] = False
+    assert not getattr(build(1, 3, 10, 7, 0, attention_mask=padding), mark, False)
+    window = build(1, 3, 10, 7, 0, mask_function=causal_mask_function, local_size=4)
+    assert window is None or not getattr(window, mark, False)
+    assert build(1, 1, 10, 9, 0) is None  # one query: plain causality, no mask
+    # a static cache's prefill (trailing key slots unused) keeps transformers' None
+    assert build(1, 3, 16, 0, 0) is None
+
+
 def test_register_rejects_bad_arguments():
     with pytest.raises(ValueError, match="name must be a non-empty string"):
         fa_transformers.register("")

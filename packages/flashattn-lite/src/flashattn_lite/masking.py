@@ -61,6 +61,24 @@ class Band:
             return True
         return self.right is not None and last_key > row_start + self.diagonal + self.right
 
+    def every_row_sees_a_key(
+        self, row_start: int, row_end: int, key_start: int, key_end: int
+    ) -> bool:
+        """True when each row of the tile has at least one allowed key in it.
+
+        Row ``i``'s keys ``[diagonal + i - left, diagonal + i + right]`` form a
+        non-empty interval that moves right with ``i``, so the first row is the one that
+        can fall before ``key_start`` and the last the one that can start past the tile.
+        Then no row needs the empty-row guards (an all ``-inf`` row).
+        """
+        if row_end <= row_start:
+            return True
+        if key_end <= key_start:
+            return False
+        if self.right is not None and row_start + self.diagonal + self.right < key_start:
+            return False
+        return self.left is None or row_end - 1 + self.diagonal - self.left < key_end
+
     def allowed(
         self,
         row_start: int,
@@ -69,15 +87,18 @@ class Band:
         key_end: int,
         device: torch.device | str = "cpu",
     ) -> torch.Tensor:
-        """Boolean ``(row_end - row_start, key_end - key_start)`` tile, True where allowed."""
-        rows = torch.arange(row_start, row_end, device=device)[:, None]  # (M, 1)
-        keys = torch.arange(key_start, key_end, device=device)[None, :]  # (1, N)
-        rel = keys - rows - self.diagonal  # (M, N)
-        ok = torch.ones_like(rel, dtype=torch.bool)
-        if self.left is not None:
-            ok &= rel >= -self.left
+        """Boolean ``(row_end - row_start, key_end - key_start)`` tile, True where allowed.
+
+        In tile coordinates (``ii = i - row_start``, ``jj = j - key_start``) the band is
+        ``low <= jj - ii <= high``: a triangle cut on each bounded side (``tril``/``triu``
+        with that offset), two small ops instead of index grids.
+        """
+        offset = row_start + self.diagonal - key_start
+        ok = torch.ones(row_end - row_start, key_end - key_start, dtype=torch.bool, device=device)
         if self.right is not None:
-            ok &= rel <= self.right
+            ok.tril_(offset + self.right)
+        if self.left is not None:
+            ok.triu_(offset - self.left)
         return ok
 
 

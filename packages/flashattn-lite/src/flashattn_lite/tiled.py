@@ -271,11 +271,13 @@ def _one_tile_forward(
     # out= products, like the loop's: autocast leaves them in acc_dtype
     s = torch.empty((b, hk, rows, hi - lo), dtype=acc_dtype, device=q.device)  # (B, Hk, G*Sq, n)
     torch.matmul(q_tile, k_tile.transpose(-1, -2), out=s)
-    masked = attn_mask is not None or band.needs_mask(0, seqlen_q, lo, hi)
-    if masked:
+    if attn_mask is not None or band.needs_mask(0, seqlen_q, lo, hi):
         _mask_tile(s, band, attn_mask, (0, seqlen_q), (lo, hi), g)
+    # a band alone that leaves every row a key (a causal block of new queries after a
+    # KV cache: speculative verification, chunked prefill) needs no empty-row guards
+    guarded = attn_mask is not None or not band.every_row_sees_a_key(0, seqlen_q, lo, hi)
     m = s.amax(dim=-1, keepdim=True)  # (B, Hk, G*Sq, 1)
-    if masked:
+    if guarded:
         # a row with no allowed key has m = -inf: shift it by a finite number so its
         # probabilities come out 0, never nan
         m = m.clamp_min(torch.finfo(acc_dtype).min)
@@ -283,7 +285,7 @@ def _one_tile_forward(
     l = p.sum(dim=-1, keepdim=True)  # (B, Hk, G*Sq, 1)
     acc = torch.empty((b, hk, rows, d), dtype=acc_dtype, device=q.device)
     torch.matmul(p, v_tile, out=acc)  # (B, Hk, G*Sq, D)
-    if not masked:
+    if not guarded:
         # every row sees a key and its largest term is exp2(0) = 1, so l >= 1: no guard
         # for empty rows on the path a decoding step takes once per layer and token
         acc.div_(l)

@@ -12,7 +12,9 @@ transformers is imported only when ``register()`` is called. The attention funct
 receives SDPA's layout ``(batch, heads, seq, head_dim)``. Without a padding mask it runs
 the band path (causal, bottom-right aligned, so decoding with a KV cache is handled);
 with a mask (padding, or patterns the model builds itself) it runs the tiled torch path
-with that boolean/additive mask.
+with that boolean/additive mask. One mask is recognised instead of read: the plain
+causal mask the registered builder makes for several new queries after a KV cache
+(speculative verification, chunked prefill) is marked, and runs as the band it is.
 """
 
 from __future__ import annotations
@@ -28,6 +30,60 @@ from ..validation import check_qkv
 # transformers treats every implementation whose name contains "flash" as a flash-attn
 # kernel (padding-free varlen inputs, kernels from the hub): the name must avoid it
 DEFAULT_NAME = "fa_lite"
+# attribute set on a mask built by ``causal_continuation_mask``: it is exactly the
+# bottom-right causal band, every key a real token (a sliced or edited copy loses it)
+_BAND_MARK = "_fa_lite_bottom_right_causal"
+
+
+def causal_continuation_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    *,
+    mask_function: Any = None,
+    attention_mask: torch.Tensor | None = None,
+    local_size: int | None = None,
+    **kwargs: Any,
+) -> torch.Tensor | None:
+    """transformers' SDPA mask builder, marking the masks that are a plain causal band.
+
+    ``sdpa_mask`` returns ``None`` when SDPA's own ``is_causal`` suffices (one query, or
+    as many queries as keys) and otherwise materialises a boolean ``(B, 1, Sq, Sk)``
+    mask. For ``Sq > 1`` new queries after ``Sk - Sq`` cached tokens, no padding and no
+    window, that mask is the bottom-right causal band which the attention computes
+    from two integers; it is marked so that :func:`attention_forward` runs the band
+    path instead of reading it (cheaper, and the Triton kernels take bands only).
+    """
+    from transformers.masking_utils import causal_mask_function, sdpa_mask
+
+    if mask_function is None:
+        mask_function = causal_mask_function
+    mask = sdpa_mask(
+        batch_size,
+        q_length,
+        kv_length,
+        q_offset,
+        kv_offset,
+        mask_function=mask_function,
+        attention_mask=attention_mask,
+        local_size=local_size,
+        **kwargs,
+    )
+    plain = (
+        mask is not None
+        and mask.dtype == torch.bool
+        and mask_function is causal_mask_function
+        and local_size is None
+        and isinstance(q_offset, int)
+        and kv_offset == 0
+        and q_offset + q_length == kv_length  # every key is a token before or among the queries
+        and (attention_mask is None or bool(attention_mask.all()))
+    )
+    if plain:
+        setattr(mask, _BAND_MARK, True)
+    return mask
 
 
 def attention_forward(
@@ -72,7 +128,13 @@ def attention_forward(
     scale = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # (B, S, H, D) views
     mask = None
-    if attention_mask is not None:
+    if (
+        attention_mask is not None
+        and getattr(attention_mask, _BAND_MARK, False)
+        and attention_mask.shape[-2:] == (seqlen_q, seqlen_k)
+    ):
+        band = flash_band(seqlen_q, seqlen_k, True, (-1, -1))  # the mask is this band
+    elif attention_mask is not None:
         band = Band(diagonal=0)  # the mask already holds causality
         mask = attention_mask[:, :, :, :seqlen_k]
         mask = mask.expand(mask.shape[0], mask.shape[1], seqlen_q, seqlen_k)
@@ -109,7 +171,7 @@ def register(name: str = DEFAULT_NAME, backend: str = "auto") -> str:
         raise ValueError(f"backend must be one of ('auto', 'torch', 'triton'), got {backend!r}")
     try:
         from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+        from transformers.masking_utils import AttentionMaskInterface
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "flashattn_lite.integrations.transformers.register needs transformers>=5 "
@@ -123,6 +185,7 @@ def register(name: str = DEFAULT_NAME, backend: str = "auto") -> str:
 
     AttentionInterface.register(name, fa_lite_attention)
     # the SDPA mask builder returns None whenever plain causality suffices, so the band
-    # path runs; with padding it returns a bool (B, 1, Sq, Sk) mask
-    AttentionMaskInterface.register(name, sdpa_mask)
+    # path runs; with padding it returns a bool (B, 1, Sq, Sk) mask; a plain causal
+    # continuation's mask comes back marked as the band it is
+    AttentionMaskInterface.register(name, causal_continuation_mask)
     return name
