@@ -218,10 +218,11 @@ def test_cached_decoding_equals_the_cache_free_reference(
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
-@pytest.mark.parametrize("depth", [1, 2, 3])
-def test_draft_caches_give_the_cache_free_logits(kind, depth):
+@pytest.mark.parametrize("depth, max_drafts", [(1, None), (2, None), (3, None), (3, 2), (2, 1)])
+def test_draft_caches_give_the_cache_free_logits(kind, depth, max_drafts):
     # drive a draft state through random verification outcomes and compare every
-    # draft's logits with a full recomputation (float64, 1e-10)
+    # draft's logits with a full recomputation (float64, 1e-10); max_drafts < depth
+    # leaves the deeper depths unrun and the deepest run one computing its last row only
     torch.manual_seed(depth)
     C, V = 16, 23
     heads = KINDS[kind](C, V, depth, 2, num_key_value_heads=1, intermediate_size=24)
@@ -231,11 +232,12 @@ def test_draft_caches_give_the_cache_free_logits(kind, depth):
     # capacity (64 rows), so their growth is covered too
     trunk = torch.randn(1, 200, C, generator=g, dtype=torch.float64)
     tokens = torch.randint(0, V, (1, 4), generator=g)  # prompt t_0..t_2 and t_3 = t_m
-    state = heads.start_drafting()
+    state = heads.start_drafting(max_drafts)
+    most = depth if max_drafts is None else max_drafts
     seen = 0
     for step in range(40):
         m = tokens.shape[1] - 1
-        n = depth if step % 4 else max(1, depth - 1)  # sometimes fewer drafts
+        n = most if step % 4 else max(1, most - 1)  # sometimes fewer drafts
         got = []
 
         def choose(logits, got=got):

@@ -109,3 +109,18 @@ def test_bad_training_arguments(model_and_heads):
         mtp_heads.train_mtp(model, heads, batches, steps=0)
     with pytest.raises(ValueError, match="lr"):
         mtp_heads.train_mtp(model, heads, batches, lr=0.0)
+
+
+@pytest.mark.parametrize("cls", [mtp_heads.MTPModule, mtp_heads.ParallelMTPHeads])
+@pytest.mark.parametrize("bad", [0, 3, 1.0, True])
+def test_bad_max_drafts_is_rejected(cls, bad):
+    heads = cls(16, 23, 2, 2)
+    with pytest.raises(ValueError, match="max_drafts must be an int in 1..2"):
+        heads.start_drafting(bad)
+
+
+def test_more_drafts_than_the_state_was_started_for():
+    state = mtp_heads.MTPModule(16, 23, 2, 2).start_drafting(1)
+    tokens = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="num_drafts must be <= max_drafts=1, got 2"):
+        state.draft(torch.zeros(1, 3, 16), tokens, 2, lambda lg: lg.argmax(-1).view(1))

@@ -246,11 +246,13 @@ class BlockDecoder:
             self.w_gate_up = torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight))
         self.keys, self.values = GrowingRows(dim=2), GrowingRows(dim=2)  # (1, nkv, S, hd)
 
-    def __call__(self, x: torch.Tensor, start: int) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, start: int, last_only: bool = False) -> torch.Tensor:
         """``x`` ``(1, L, C)`` at positions ``start .. start+L-1`` -> ``(1, L, C)``.
 
         Keys/values of positions ``0 .. start-1`` must be in the buffer (from earlier
-        calls); this call writes those of its own positions after them.
+        calls); this call writes those of its own positions after them. With
+        ``last_only`` only the last position's output is computed, ``(1, 1, C)`` (the
+        others still contribute their keys/values): what the deepest drafted depth needs.
         """
         cfg, block = self.cfg, self.block
         B, L, _ = x.shape
@@ -265,6 +267,8 @@ class BlockDecoder:
         S = start + L
         k, v = self.keys.read(0, S), self.values.read(0, S)  # (B, nkv, S, hd)
         q = qk[:, :nh]
+        if last_only and L > 1:  # one query, the last: it sees every key
+            q, x, L = q[:, :, -1:], x[:, -1:], 1
         gqa = {}
         if nh != nkv:
             if _SDPA_HAS_GQA:

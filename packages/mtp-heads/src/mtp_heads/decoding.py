@@ -215,7 +215,7 @@ def speculative_generate(
         tokens = torch.cat((input_ids, first.view(1, 1).to(input_ids.dtype)), 1)  # (1, m+1)
         generated = 1
         stopped = eos_token_id is not None and int(first) == eos_token_id
-        state = mtp.start_drafting()
+        state = mtp.start_drafting(n_draft_max)
         while generated < max_new_tokens and not stopped:
             n = min(n_draft_max, max_new_tokens - generated - 1)
             draft_probs.clear()
@@ -224,12 +224,15 @@ def speculative_generate(
             logits, hidden = main_forward(chunk.to(input_ids.dtype))  # (n+1, V)
             passes += 1
             if greedy:
-                predicted = logits.argmax(-1)  # (n+1,) main model's token after each
+                # the drafts and the main model's token after each position, read in one
+                # device-to-host transfer: a few ints, compared in Python
+                ids = torch.cat([*(d.to(logits.device) for d in drafts), logits.argmax(-1)])
+                ids = ids.tolist()
+                proposed, predicted = ids[:n], ids[n:]  # n drafts, n+1 predictions
                 a = 0
-                if n:  # length of the agreeing prefix, with a single device sync
-                    agree = torch.cat(drafts).to(predicted.device) == predicted[:n]
-                    a = int(agree.long().cumprod(0).sum())
-                new = torch.cat([chunk[0, 1 : a + 1], predicted[a].view(1)])
+                while a < n and proposed[a] == predicted[a]:
+                    a += 1
+                new = torch.tensor(proposed[:a] + [predicted[a]], device=tokens.device)
             else:
                 new, a = _speculative_accept(logits, drafts, draft_probs, temperature, generator)
             for k in range(n):

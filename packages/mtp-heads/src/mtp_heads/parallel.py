@@ -177,8 +177,15 @@ class ParallelMTPHeads(SharedWeightsMixin, nn.Module):
             params += [p for p in head.parameters() if p.requires_grad]
         return params
 
-    def start_drafting(self) -> ParallelDraftState:
-        """A fresh drafting state for one sequence (see ``speculative_generate``)."""
+    def start_drafting(self, max_drafts: int | None = None) -> ParallelDraftState:
+        """A fresh drafting state for one sequence (see ``speculative_generate``).
+
+        ``max_drafts`` (1..depth): accepted for the same call as ``MTPModule``'s; the
+        heads are independent, so each call simply runs the heads it drafts with.
+        """
+        D = self.depth if max_drafts is None else max_drafts
+        if isinstance(D, bool) or not isinstance(D, int) or not 1 <= D <= self.depth:
+            raise ValueError(f"max_drafts must be an int in 1..{self.depth}, got {max_drafts!r}")
         return ParallelDraftState(self)
 
 

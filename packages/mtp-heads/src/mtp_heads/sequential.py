@@ -190,9 +190,14 @@ class MTPModule(SharedWeightsMixin, nn.Module):
         return torch.stack(losses).mean() * weight
 
     # -- decoding -----------------------------------------------------------------
-    def start_drafting(self) -> SequentialDraftState:
-        """A fresh drafting state for one sequence (see ``speculative_generate``)."""
-        return SequentialDraftState(self)
+    def start_drafting(self, max_drafts: int | None = None) -> SequentialDraftState:
+        """A fresh drafting state for one sequence (see ``speculative_generate``).
+
+        ``max_drafts`` (1..depth, default depth): the most drafts any call will ask for;
+        the deeper depths are never run, and the deepest one run computes only the
+        output row it drafts from.
+        """
+        return SequentialDraftState(self, max_drafts)
 
 
 class SequentialDraftState:
@@ -210,13 +215,17 @@ class SequentialDraftState:
     computation is ``MTPModule.forward`` (the tests compare the two).
     """
 
-    def __init__(self, mtp: MTPModule) -> None:
+    def __init__(self, mtp: MTPModule, max_drafts: int | None = None) -> None:
         self.mtp = mtp
-        D = mtp.depth
-        self.blocks = [BlockDecoder(d.block) for d in mtp.depths]
-        self.states = [GrowingRows(dim=1) for _ in range(D + 1)]  # h^k, (1, positions, C)
+        D = mtp.depth if max_drafts is None else max_drafts
+        if isinstance(D, bool) or not isinstance(D, int) or not 1 <= D <= mtp.depth:
+            raise ValueError(f"max_drafts must be an int in 1..{mtp.depth}, got {max_drafts!r}")
+        self.max_drafts = D
+        # h^D is read by no deeper depth: only its last row (the draft's) is computed
+        self.blocks = [BlockDecoder(d.block) for d in mtp.depths[:D]]
+        self.states = [GrowingRows(dim=1) for _ in range(D)]  # h^0..h^{D-1}, (1, positions, C)
         self.num_committed = [0] * (D + 1)  # rows of h^k (and its keys/values) kept
-        self.proj = [d.proj.weight for d in mtp.depths]  # M_k, (C, 2C)
+        self.proj = [d.proj.weight for d in mtp.depths[:D]]  # M_k, (C, 2C)
 
     def draft(
         self,
@@ -237,6 +246,10 @@ class SequentialDraftState:
             The draft tokens ``[d_{m+1}, ..., d_{m+num_drafts}]``, each ``(1,)``.
         """
         mtp, eps = self.mtp, self.mtp.cfg.rms_norm_eps
+        if num_drafts > self.max_drafts:
+            raise ValueError(
+                f"num_drafts must be <= max_drafts={self.max_drafts}, got {num_drafts}"
+            )
         m = tokens.shape[1] - 1
         seen = self.num_committed[0]
         if seen + new_hidden.shape[1] != m:
@@ -261,8 +274,10 @@ class SequentialDraftState:
                 ),
                 dim=-1,
             )
-            h_k = self.blocks[k - 1](F.linear(x, self.proj[k - 1]), c)  # (1, m-c, C)
-            self.states[k].write(c, h_k)
+            deepest = k == self.max_drafts
+            h_k = self.blocks[k - 1](F.linear(x, self.proj[k - 1]), c, last_only=deepest)
+            if not deepest:  # (1, m-c, C): depth k+1 reads these rows
+                self.states[k].write(c, h_k)
             # positions j <= m-k read no draft: their rows and keys/values are final
             self.num_committed[k] = max(c, m - k + 1)
             drafts.append(choose(mtp.logits_of(k, h_k[:, -1])))  # d_{m+k}
