@@ -20,6 +20,8 @@ from e2e.corpus import Corpus
 from e2e.decode import medusa_pair
 from e2e.model import greedy_generate
 
+SPEED_TIE = 0.03  # relative speed-up differences below this are noise here
+
 
 def load_trained_model(ckpt_dir: Path, attention: str | None = None):
     """The trained Llama from ``ckpt_dir/checkpoint.pt``, frozen and in eval mode."""
@@ -177,6 +179,11 @@ def heldout_rank_accuracy(model, heads, corpus: Corpus, n: int = 64, seed: int =
 def select_tree(model, heads, corpus: Corpus, sizes, *, prompts: int = 12, new_tokens: int = 96):
     """The Medusa tree that decodes fastest, measured on training-split prompts.
 
+    Sizes within ``SPEED_TIE`` (3%) of the fastest count as equally fast: on
+    2026-12-02 the same trees' speed-ups on the held-out prompts differed from those on
+    the training prompts by -5% to +3%, so smaller gaps do not rank trees. Among the
+    tied sizes the one accepting the most tokens per step is kept.
+
     A larger tree accepts more tokens per step but makes every verification forward
     dearer (on a CPU a forward of 32 tokens costs about twice one of a single token),
     so the size is a trade-off that only a measurement settles. For each size the
@@ -211,7 +218,12 @@ def select_tree(model, heads, corpus: Corpus, sizes, *, prompts: int = 12, new_t
         )
         print(f"tree {size:3d} nodes: x{trials[-1]['speedup']:.2f}, "
               f"{trials[-1]['mean_accept_length']:.2f} tokens/step")  # fmt: skip
-    best = max(trials, key=lambda t: t["speedup"])
+    # one run per prompt on a shared machine: speed-ups within SPEED_TIE of the best are
+    # a tie, settled by tokens per step (deterministic, and on hardware where a wider
+    # verification forward is nearly free it is what the speed follows)
+    fastest = max(t["speedup"] for t in trials)
+    tied = [t for t in trials if t["speedup"] >= fastest * (1 - SPEED_TIE)]
+    best = max(tied, key=lambda t: t["mean_accept_length"])
     return best["choices"], {
         "rank_accuracy_top1": accuracy[:, 0].tolist(),
         "trials": trials,  # with every size's choices, for the held-out sweep of the report
