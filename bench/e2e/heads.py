@@ -176,6 +176,18 @@ def heldout_rank_accuracy(model, heads, corpus: Corpus, n: int = 64, seed: int =
     return metrics["rank_accuracy"]
 
 
+def pick_tree(trials: list[dict]) -> dict:
+    """The trial (one tree size's measurements on the training prompts) to keep.
+
+    One run per prompt on a shared machine: speed-ups within ``SPEED_TIE`` of the best
+    are a tie, settled by tokens per step (deterministic, and on hardware where a wider
+    verification forward is nearly free it is what the speed follows).
+    """
+    fastest = max(t["speedup"] for t in trials)
+    tied = [t for t in trials if t["speedup"] >= fastest * (1 - SPEED_TIE)]
+    return max(tied, key=lambda t: t["mean_accept_length"])
+
+
 def select_tree(model, heads, corpus: Corpus, sizes, *, prompts: int = 12, new_tokens: int = 96):
     """The Medusa tree that decodes fastest, measured on training-split prompts.
 
@@ -218,12 +230,7 @@ def select_tree(model, heads, corpus: Corpus, sizes, *, prompts: int = 12, new_t
         )
         print(f"tree {size:3d} nodes: x{trials[-1]['speedup']:.2f}, "
               f"{trials[-1]['mean_accept_length']:.2f} tokens/step")  # fmt: skip
-    # one run per prompt on a shared machine: speed-ups within SPEED_TIE of the best are
-    # a tie, settled by tokens per step (deterministic, and on hardware where a wider
-    # verification forward is nearly free it is what the speed follows)
-    fastest = max(t["speedup"] for t in trials)
-    tied = [t for t in trials if t["speedup"] >= fastest * (1 - SPEED_TIE)]
-    best = max(tied, key=lambda t: t["mean_accept_length"])
+    best = pick_tree(trials)
     return best["choices"], {
         "rank_accuracy_top1": accuracy[:, 0].tolist(),
         "trials": trials,  # with every size's choices, for the held-out sweep of the report
