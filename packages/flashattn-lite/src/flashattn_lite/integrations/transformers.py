@@ -73,6 +73,7 @@ def causal_continuation_mask(
     )
     plain = (
         mask is not None
+        and not torch.compiler.is_compiling()  # no data-dependent check inside a graph
         and mask.dtype == torch.bool
         and mask_function is causal_mask_function
         and local_size is None
@@ -130,6 +131,7 @@ def attention_forward(
     mask = None
     if (
         attention_mask is not None
+        and not torch.compiler.is_compiling()  # (compiled graphs see no marks)
         and getattr(attention_mask, _BAND_MARK, False)
         and attention_mask.shape[-2:] == (seqlen_q, seqlen_k)
     ):
