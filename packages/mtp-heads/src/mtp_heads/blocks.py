@@ -315,3 +315,11 @@ def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_max_drafts(max_drafts: object, depth: int) -> int:
+    """``max_drafts`` (``None`` meaning ``depth``) as an int in 1..depth, else ValueError."""
+    D = depth if max_drafts is None else max_drafts
+    if isinstance(D, bool) or not isinstance(D, int) or not 1 <= D <= depth:
+        raise ValueError(f"max_drafts must be an int in 1..{depth}, got {max_drafts!r}")
+    return D

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .blocks import RMSNorm, TransformerBlock, check_positive_int, init_weights
+from .blocks import RMSNorm, TransformerBlock, check_max_drafts, check_positive_int, init_weights
 from .common import (
     SharedWeightsMixin,
     block_config,
@@ -183,9 +183,7 @@ class ParallelMTPHeads(SharedWeightsMixin, nn.Module):
         ``max_drafts`` (1..depth): accepted for the same call as ``MTPModule``'s; the
         heads are independent, so each call simply runs the heads it drafts with.
         """
-        D = self.depth if max_drafts is None else max_drafts
-        if isinstance(D, bool) or not isinstance(D, int) or not 1 <= D <= self.depth:
-            raise ValueError(f"max_drafts must be an int in 1..{self.depth}, got {max_drafts!r}")
+        check_max_drafts(max_drafts, self.depth)
         return ParallelDraftState(self)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .blocks import (
@@ -24,9 +23,9 @@ from .blocks import (
     GrowingRows,
     RMSNorm,
     TransformerBlock,
+    check_max_drafts,
     check_positive_int,
     init_weights,
-    rms_norm,
 )
 from .common import (
     SharedWeightsMixin,
@@ -140,10 +139,14 @@ class MTPModule(SharedWeightsMixin, nn.Module):
         t_{i+k}. Returns h^k ``(B, L, C)`` (before the output norm) and the block's new
         keys/values.
         """
+        return self.depths[k - 1].block(self.depth_input(k, h_prev, future_ids), start, past)
+
+    def depth_input(self, k: int, h_prev: torch.Tensor, future_ids: torch.Tensor) -> torch.Tensor:
+        """``M_k [RMSNorm(h^{k-1}); RMSNorm(Emb(t_{i+k}))]`` ``(B, L, C)``, depth ``k``'s
+        block input, from ``h_prev`` ``(B, L, C)`` and ``future_ids`` ``(B, L)``."""
         d = self.depths[k - 1]
         e = self._embed_tokens(future_ids)  # (B, L, C)
-        x = d.proj(torch.cat((d.hidden_norm(h_prev), d.embed_norm(e)), dim=-1))  # (B, L, C)
-        return d.block(x, start, past)
+        return d.proj(torch.cat((d.hidden_norm(h_prev), d.embed_norm(e)), dim=-1))
 
     def logits_of(self, k: int, h: torch.Tensor) -> torch.Tensor:
         """Depth ``k``'s logits ``(..., V)`` from its output h^k ``(..., C)``."""
@@ -217,15 +220,11 @@ class SequentialDraftState:
 
     def __init__(self, mtp: MTPModule, max_drafts: int | None = None) -> None:
         self.mtp = mtp
-        D = mtp.depth if max_drafts is None else max_drafts
-        if isinstance(D, bool) or not isinstance(D, int) or not 1 <= D <= mtp.depth:
-            raise ValueError(f"max_drafts must be an int in 1..{mtp.depth}, got {max_drafts!r}")
-        self.max_drafts = D
+        self.max_drafts = D = check_max_drafts(max_drafts, mtp.depth)
         # h^D is read by no deeper depth: only its last row (the draft's) is computed
         self.blocks = [BlockDecoder(d.block) for d in mtp.depths[:D]]
         self.states = [GrowingRows(dim=1) for _ in range(D)]  # h^0..h^{D-1}, (1, positions, C)
         self.num_committed = [0] * (D + 1)  # rows of h^k (and its keys/values) kept
-        self.proj = [d.proj.weight for d in mtp.depths[:D]]  # M_k, (C, 2C)
 
     def draft(
         self,
@@ -245,7 +244,7 @@ class SequentialDraftState:
         Returns:
             The draft tokens ``[d_{m+1}, ..., d_{m+num_drafts}]``, each ``(1,)``.
         """
-        mtp, eps = self.mtp, self.mtp.cfg.rms_norm_eps
+        mtp = self.mtp
         if num_drafts > self.max_drafts:
             raise ValueError(
                 f"num_drafts must be <= max_drafts={self.max_drafts}, got {num_drafts}"
@@ -261,21 +260,13 @@ class SequentialDraftState:
         drafts: list[torch.Tensor] = []
         ext = tokens
         for k in range(1, num_drafts + 1):
-            d = mtp.depths[k - 1]
             c = self.num_committed[k]
             if drafts:  # depth k reads t_{j+k}, which for the last k-1 rows are drafts
                 ext = torch.cat((tokens, torch.cat(drafts).view(1, -1)), dim=1)  # (1, m+k)
             h_prev = self.states[k - 1].read(c, m)  # h^{k-1} at positions c..m-1
-            e = mtp._embed_tokens(ext[:, c + k : m + k])  # Emb(t_{j+k})
-            x = torch.cat(
-                (
-                    rms_norm(h_prev, d.hidden_norm.weight, eps),
-                    rms_norm(e, d.embed_norm.weight, eps),
-                ),
-                dim=-1,
-            )
+            x = mtp.depth_input(k, h_prev, ext[:, c + k : m + k])  # reads t_{j+k}
             deepest = k == self.max_drafts
-            h_k = self.blocks[k - 1](F.linear(x, self.proj[k - 1]), c, last_only=deepest)
+            h_k = self.blocks[k - 1](x, c, last_only=deepest)
             if not deepest:  # (1, m-c, C): depth k+1 reads these rows
                 self.states[k].write(c, h_k)
             # positions j <= m-k read no draft: their rows and keys/values are final
