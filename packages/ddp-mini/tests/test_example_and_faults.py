@@ -42,9 +42,20 @@ def config(out: Path, **overrides) -> dict:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict:
     """The example run start to finish under torchrun (2 gloo processes, free port)."""
-    out = tmp_path_factory.mktemp("full")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
-    cmd = [
+    for attempt in range(2):
+        out = tmp_path_factory.mktemp("full")  # fresh: no checkpoint to resume from
+        proc = subprocess.run(
+            _torchrun_example(out), env=env, capture_output=True, text=True, timeout=180
+        )
+        if proc.returncode == 0 or attempt == 1 or not _aborted_after_training(proc):
+            break
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {"state": torch.load(out / "final.pt", weights_only=True), "log": proc.stdout}
+
+
+def _torchrun_example(out: Path) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -63,9 +74,19 @@ def uninterrupted(tmp_path_factory) -> dict:
         "--timeout",
         "20",
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {"state": torch.load(out / "final.pt", weights_only=True), "log": proc.stdout}
+
+
+def _aborted_after_training(proc: subprocess.CompletedProcess) -> bool:
+    """True when every step ran and a process then aborted in C++ on its way out.
+
+    One CI run in about twenty saw rank 1 abort with "terminate called without an
+    active exception" (std::terminate, no Python traceback) after all 14 steps, in the
+    final barrier or the gloo teardown that follows, with torch 2.13. It did not
+    reproduce in 50 local runs, 30 of them on a loaded machine. Such a run is retried
+    once; any other failure fails at once.
+    """
+    finished = any(ln.startswith(f"step {STEPS}:") for ln in proc.stdout.splitlines())
+    return finished and "terminate called without an active exception" in proc.stderr
 
 
 def test_example_trains_under_torchrun(uninterrupted):
