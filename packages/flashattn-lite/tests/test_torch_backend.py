@@ -478,3 +478,33 @@ def test_forked_child_computes_the_same(monkeypatch):
     finally:
         torch.set_num_threads(previous)
     assert answer == b"1"
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 5, 5, 4, 2, 16, True, (-1, -1)), (2, 37, 129, 4, 1, 32, False, (9, 3))],
+    ids=["one-tile-gqa-causal", "loop-mqa-window"],
+)
+def test_torch_compile_fullgraph_matches_reference(shape, monkeypatch):
+    """One graph, forward and backward: dynamo traces the tiles and the autograd.Function.
+
+    ``aot_eager`` runs what dynamo and AOTAutograd capture without generating kernels
+    (what can break in a graph is the tracing, not the code generation).
+    """
+    monkeypatch.setattr(interface, "DEFAULT_FORWARD_BLOCKS", (16, 32))  # several tiles
+    monkeypatch.setattr(interface, "DEFAULT_BACKWARD_BLOCKS", (16, 32))
+    torch._dynamo.reset()
+    b, sq, sk, h, hk, d, causal, window = shape
+    q, k, v, grad = make_qkv(b, sq, sk, h, hk, d, seed=sq + sk)
+
+    def attend(q, k, v):
+        return flashattn_lite.flash_attn_func(
+            q, k, v, causal=causal, window_size=window, backend="torch"
+        )
+
+    out = torch.compile(attend, backend="aot_eager", fullgraph=True)(q, k, v)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
+    ref = reference_with_grads(q, k, v, grad, causal=causal, window_size=window)
+    wanted = (ref[0], *ref[2:])  # the reference's lse is not compared here
+    for name, a, r in zip(["out", "dq", "dk", "dv"], (out, dq, dk, dv), wanted, strict=True):
+        assert max_err(a, r) <= 2e-5 * (1 + r.detach().abs().max()), name

@@ -79,6 +79,18 @@ class _Scratch:
         return buf[:numel].view(shape)
 
 
+def _scaled_into(src: torch.Tensor, factor: float, buf: torch.Tensor) -> torch.Tensor:
+    """``buf <- src * factor`` in ``buf``'s dtype; returns ``buf``.
+
+    Eager: one ``out=`` multiply. Under torch.compile an elementwise ``out=`` op is
+    traced as a new tensor with ``src``'s strides, and the views taken of ``buf``
+    afterwards fail; a copy then an in-place multiply keeps ``buf``'s layout.
+    """
+    if torch.compiler.is_compiling():
+        return buf.copy_(src).mul_(factor)
+    return torch.mul(src, factor, out=buf)
+
+
 def _mask_tile(
     scores: torch.Tensor,
     band: Band,
@@ -114,7 +126,9 @@ def _mask_tile(
 
 def _tile_budget(device: torch.device) -> int:
     """Scores one tile may hold: ``TILE_ELEMENTS`` per intra-op thread on the CPU."""
-    return TILE_ELEMENTS * (torch.get_num_threads() if device.type == "cpu" else 1)
+    if device.type != "cpu" or torch.compiler.is_compiling():
+        return TILE_ELEMENTS  # dynamo cannot trace get_num_threads: fixed tiles in a graph
+    return TILE_ELEMENTS * torch.get_num_threads()
 
 
 def tiled_forward(
@@ -164,7 +178,7 @@ def tiled_forward(
         mask = _tile_of_mask(attn_mask, bi, h0, h1)
         rows = g * (i1 - i0)
         q_tile = scratch.get("q", (nh, g, i1 - i0, d))  # (nh, G, bq, D), scaled copy
-        torch.mul(q[bi, h0:h1, :, i0:i1], scale * LOG2E, out=q_tile)
+        _scaled_into(q[bi, h0:h1, :, i0:i1], scale * LOG2E, q_tile)
         q_tile = q_tile.view(nh, rows, d)
         k_group, v_group = k[bi, h0:h1], v[bi, h0:h1]  # (nh, Sk, D) views
         acc = torch.empty((nh, rows, d), dtype=acc_dtype, device=q.device)
@@ -266,7 +280,7 @@ def _one_tile_forward(
     k_tile = k[:, :, lo:hi].to(acc_dtype)  # (B, Hk, n, D); no copy when already acc_dtype
     v_tile = v[:, :, lo:hi].to(acc_dtype)
     q_tile = torch.empty((b, hk, g, seqlen_q, d), dtype=acc_dtype, device=q.device)
-    torch.mul(q, scale * LOG2E, out=q_tile)  # base-2 scores, as in the loop
+    _scaled_into(q, scale * LOG2E, q_tile)  # base-2 scores, as in the loop
     q_tile = q_tile.view(b, hk, rows, d)
     # out= products, like the loop's: autocast leaves them in acc_dtype
     s = torch.empty((b, hk, rows, hi - lo), dtype=acc_dtype, device=q.device)  # (B, Hk, G*Sq, n)
@@ -362,7 +376,7 @@ def tiled_backward(
                 rows = g * (i1 - i0)
                 # q carries scale * log2(e): s below is in base-2 units like the forward's
                 q_tile = scratch.get("q", (nh, g, i1 - i0, d))
-                torch.mul(q_g[:, :, i0:i1], scale * LOG2E, out=q_tile)
+                _scaled_into(q_g[:, :, i0:i1], scale * LOG2E, q_tile)
                 q_tile = q_tile.view(nh, rows, d)
                 do_tile = scratch.get("do", (nh, g, i1 - i0, d))
                 do_tile = do_tile.copy_(do_g[:, :, i0:i1]).view(nh, rows, d)
