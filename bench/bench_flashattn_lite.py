@@ -5,7 +5,8 @@ CPU (cpu preset): the tiled PyTorch backend against ``F.scaled_dot_product_atten
 batch 1, 8 heads, head dim 64. GPU (gpu preset): the Triton kernels against SDPA's
 flash and cuDNN backends in bfloat16, batch x seqlen = 16k, 2048 model width. The CPU
 also times a decoding step (``attn_decode``: one query against a 512- or 2048-key cache,
-GQA 8:4) against SDPA.
+GQA 8:4) and a speculative verification step (``attn_verify``: 2 or 3 causal queries at
+the end of a 512-key cache) against SDPA.
 
 Rows also record the peak extra memory of one call in ``extra_info`` as
 ``peak_mem_bytes`` (CUDA: the allocator's peak, every row; CPU: the growth of peak RSS
@@ -60,6 +61,8 @@ MEMORY_AT = {"attn_fwd": {2048, 8192}, "attn_fwd_bwd": {4096}}
 # the e2e model (batch, nheads, nheads_k, cache_len, head_dim). CPU only: there the torch
 # path computes it as one tile, and per-call overhead, not arithmetic, sets its time.
 DECODE_SHAPES = [(1, 8, 4, 512, 64), (1, 8, 4, 2048, 64)]
+# (batch, nheads, nheads_k, cache_len, head_dim, queries): verifying 1 or 2 drafts
+VERIFY_SHAPES = [(1, 8, 4, 512, 64, 2), (1, 8, 4, 512, 64, 3)]
 
 
 def build_call(impl: str, shape: tuple, backward: bool, device: str, dtype: str):
@@ -242,18 +245,28 @@ def test_attn_fwd_bwd(benchmark, impl, shape):
     _run(benchmark, impl, shape, "attn_fwd_bwd", backward=True)
 
 
-def build_decode_call(impl: str, shape: tuple):
-    """One decoding step's attention of ``impl`` (no grad), on the CPU in float32."""
+def build_decode_call(impl: str, shape: tuple, queries: int = 1):
+    """One decoding step's attention of ``impl`` (no grad), on the CPU in float32.
+
+    ``queries`` new positions attend to the ``cache_len`` keys, the last ``queries`` of
+    which are their own: 1 is a plain decoding step, 2-3 the verification of 1-2 draft
+    tokens in speculative decoding (causal among the new positions).
+    """
     batch, nheads, nheads_k, cache_len, head_dim = shape
     gen = torch.Generator().manual_seed(0)
-    q = torch.randn(batch, 1, nheads, head_dim, generator=gen)  # flash layout (B, S, H, D)
+    q = torch.randn(batch, queries, nheads, head_dim, generator=gen)  # flash layout (B, S, H, D)
     k = torch.randn(batch, cache_len, nheads_k, head_dim, generator=gen)
     v = torch.randn(batch, cache_len, nheads_k, head_dim, generator=gen)
-    if impl == OURS:  # bottom-right causal: the new query sees the whole cache
+    if impl == OURS:  # bottom-right causal: query i sees keys 0 .. cache_len - queries + i
         attend = lambda: flashattn_lite.flash_attn_func(q, k, v, causal=True, backend="torch")
     else:
         qs, ks, vs = (t.transpose(1, 2) for t in (q, k, v))  # SDPA layout (B, H, S, D)
-        attend = lambda: F.scaled_dot_product_attention(qs, ks, vs, enable_gqa=True)
+        # SDPA's is_causal is top-left aligned: the bottom-right band as a mask, built
+        # once here (a model builds it once per forward, not per layer)
+        mask = None
+        if queries > 1:
+            mask = torch.ones(queries, cache_len, dtype=torch.bool).tril(cache_len - queries)
+        attend = lambda: F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=True)
 
     def call():
         with torch.no_grad():
@@ -292,5 +305,40 @@ def test_attn_decode(benchmark, impl, shape):
         work_unit="token",
         flops=4 * batch * nheads * cache_len * head_dim,
         paired_peer=build_decode_call(PEER, shape) if impl == OURS else None,
+        paired_rounds=200,
+    )
+
+
+@pytest.mark.parametrize(
+    "shape",
+    VERIFY_SHAPES,
+    ids=[f"b{b}-h{h}:{hk}-cache{s}-d{d}-q{n}" for b, h, hk, s, d, n in VERIFY_SHAPES],
+)
+@pytest.mark.parametrize("impl", [OURS, PEER])
+def test_attn_verify(benchmark, impl, shape):
+    if ON_CUDA:
+        pytest.skip("the verification step is timed on the CPU only (the one-tile case)")
+    batch, nheads, nheads_k, cache_len, head_dim, queries = shape
+    harness.measure(
+        benchmark,
+        build_decode_call(impl, shape[:5], queries),
+        package=PACKAGE,
+        case="attn_verify",
+        impl=impl,
+        peer="" if impl != OURS else PEER,
+        dtype=DTYPE,
+        params={
+            "batch": batch,
+            "nheads": nheads,
+            "nheads_k": nheads_k,
+            "cache_len": cache_len,
+            "head_dim": head_dim,
+            "queries": queries,
+        },
+        device=DEVICE,
+        work=batch * queries,
+        work_unit="token",
+        flops=4 * batch * nheads * queries * cache_len * head_dim,
+        paired_peer=build_decode_call(PEER, shape[:5], queries) if impl == OURS else None,
         paired_rounds=200,
     )
