@@ -275,6 +275,37 @@ def build_decode_call(impl: str, shape: tuple, queries: int = 1):
     return call
 
 
+def _measure_cached_step(benchmark, impl: str, case: str, shape: tuple, queries: int) -> None:
+    """Time ``queries`` new positions against a KV cache (``build_decode_call``), ours
+    alternated with SDPA; ``case`` names the row (``attn_decode`` / ``attn_verify``)."""
+    batch, nheads, nheads_k, cache_len, head_dim = shape
+    params = {
+        "batch": batch,
+        "nheads": nheads,
+        "nheads_k": nheads_k,
+        "cache_len": cache_len,
+        "head_dim": head_dim,
+    }
+    if queries > 1:
+        params["queries"] = queries
+    harness.measure(
+        benchmark,
+        build_decode_call(impl, shape, queries),
+        package=PACKAGE,
+        case=case,
+        impl=impl,
+        peer="" if impl != OURS else PEER,
+        dtype=DTYPE,
+        params=params,
+        device=DEVICE,
+        work=batch * queries,
+        work_unit="token",
+        flops=4 * batch * nheads * queries * cache_len * head_dim,
+        paired_peer=build_decode_call(PEER, shape, queries) if impl == OURS else None,
+        paired_rounds=200,
+    )
+
+
 @pytest.mark.parametrize(
     "shape",
     DECODE_SHAPES,
@@ -284,29 +315,7 @@ def build_decode_call(impl: str, shape: tuple, queries: int = 1):
 def test_attn_decode(benchmark, impl, shape):
     if ON_CUDA:
         pytest.skip("the decoding step is timed on the CPU only (the torch path's one-tile case)")
-    batch, nheads, nheads_k, cache_len, head_dim = shape
-    harness.measure(
-        benchmark,
-        build_decode_call(impl, shape),
-        package=PACKAGE,
-        case="attn_decode",
-        impl=impl,
-        peer="" if impl != OURS else PEER,
-        dtype=DTYPE,
-        params={
-            "batch": batch,
-            "nheads": nheads,
-            "nheads_k": nheads_k,
-            "cache_len": cache_len,
-            "head_dim": head_dim,
-        },
-        device=DEVICE,
-        work=batch,
-        work_unit="token",
-        flops=4 * batch * nheads * cache_len * head_dim,
-        paired_peer=build_decode_call(PEER, shape) if impl == OURS else None,
-        paired_rounds=200,
-    )
+    _measure_cached_step(benchmark, impl, "attn_decode", shape, queries=1)
 
 
 @pytest.mark.parametrize(
@@ -318,27 +327,4 @@ def test_attn_decode(benchmark, impl, shape):
 def test_attn_verify(benchmark, impl, shape):
     if ON_CUDA:
         pytest.skip("the verification step is timed on the CPU only (the one-tile case)")
-    batch, nheads, nheads_k, cache_len, head_dim, queries = shape
-    harness.measure(
-        benchmark,
-        build_decode_call(impl, shape[:5], queries),
-        package=PACKAGE,
-        case="attn_verify",
-        impl=impl,
-        peer="" if impl != OURS else PEER,
-        dtype=DTYPE,
-        params={
-            "batch": batch,
-            "nheads": nheads,
-            "nheads_k": nheads_k,
-            "cache_len": cache_len,
-            "head_dim": head_dim,
-            "queries": queries,
-        },
-        device=DEVICE,
-        work=batch * queries,
-        work_unit="token",
-        flops=4 * batch * nheads * queries * cache_len * head_dim,
-        paired_peer=build_decode_call(PEER, shape[:5], queries) if impl == OURS else None,
-        paired_rounds=200,
-    )
+    _measure_cached_step(benchmark, impl, "attn_verify", shape[:5], queries=shape[5])
