@@ -19,7 +19,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .blocks import RMSNorm, TransformerBlock, check_max_drafts, check_positive_int, init_weights
+from .blocks import (
+    BlockDecoder,
+    GrowingRows,
+    RMSNorm,
+    TransformerBlock,
+    check_max_drafts,
+    check_positive_int,
+    init_weights,
+)
 from .common import (
     SharedWeightsMixin,
     block_config,
@@ -180,11 +188,9 @@ class ParallelMTPHeads(SharedWeightsMixin, nn.Module):
     def start_drafting(self, max_drafts: int | None = None) -> ParallelDraftState:
         """A fresh drafting state for one sequence (see ``speculative_generate``).
 
-        ``max_drafts`` (1..depth): accepted for the same call as ``MTPModule``'s; the
-        heads are independent, so each call simply runs the heads it drafts with.
+        ``max_drafts`` (1..depth, default depth): the heads past it are never run.
         """
-        check_max_drafts(max_drafts, self.depth)
-        return ParallelDraftState(self)
+        return ParallelDraftState(self, max_drafts)
 
 
 class _HeadByHeadLoss(torch.autograd.Function):
@@ -230,13 +236,17 @@ class ParallelDraftState:
     """Per-head key/value caches for drafting with ``ParallelMTPHeads``, batch 1.
 
     Heads read only trunk states, so every computed position is final: each call runs
-    each head on the positions it has not seen and drafts from the last one.
+    each head (a ``BlockDecoder``: keys/values appended in place) on the positions it has
+    not seen, computing the output of the last one only, and drafts from it.
     """
 
-    def __init__(self, heads: ParallelMTPHeads) -> None:
+    def __init__(self, heads: ParallelMTPHeads, max_drafts: int | None = None) -> None:
         self.heads = heads
-        self.hidden: torch.Tensor | None = None  # trunk states h^0_0..h^0_{m-1}, (1, m, C)
-        self.kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * (heads.depth + 1)
+        self.max_drafts = D = check_max_drafts(max_drafts, heads.depth)
+        self.blocks = [BlockDecoder(h.block) for h in heads.heads[:D]]
+        self.hidden = GrowingRows(dim=1)  # trunk states h^0_0..h^0_{m-1}, (1, m, C)
+        self.num_seen = 0  # trunk states received
+        self.num_run = [0] * D  # positions each head has keys/values for
 
     def draft(
         self,
@@ -246,18 +256,22 @@ class ParallelDraftState:
         choose: Callable[[torch.Tensor], torch.Tensor],
     ) -> list[torch.Tensor]:
         """Same contract as ``SequentialDraftState.draft``."""
+        if num_drafts > self.max_drafts:
+            raise ValueError(
+                f"num_drafts must be <= max_drafts={self.max_drafts}, got {num_drafts}"
+            )
         m = tokens.shape[1] - 1
-        h0 = new_hidden if self.hidden is None else torch.cat((self.hidden, new_hidden), 1)
-        self.hidden = h0
-        if h0.shape[1] != m:
-            raise RuntimeError(f"draft state out of sync: {h0.shape[1]} states for {m} tokens")
+        if self.num_seen + new_hidden.shape[1] != m:
+            raise RuntimeError(
+                f"draft state out of sync: {self.num_seen + new_hidden.shape[1]} states "
+                f"for {m} tokens"
+            )
+        self.hidden.write(self.num_seen, new_hidden)
+        self.num_seen = m
         drafts = []
         for k in range(1, num_drafts + 1):
-            past = self.kv[k]
-            c = 0 if past is None else past[0].shape[2]  # positions head k has seen
-            h, (keys, values) = self.heads.head_states(k, h0[:, c:m], start=c, past=past)
-            if past is not None:
-                keys, values = torch.cat((past[0], keys), 2), torch.cat((past[1], values), 2)
-            self.kv[k] = (keys, values)
+            c = self.num_run[k - 1]  # head k has keys/values of positions 0..c-1
+            h = self.blocks[k - 1](self.hidden.read(c, m), c, last_only=True)  # (1, 1, C)
+            self.num_run[k - 1] = m
             drafts.append(choose(self.heads.logits_of(k, h[:, -1])))  # d_{m+k}
         return drafts

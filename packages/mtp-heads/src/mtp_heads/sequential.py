@@ -223,7 +223,9 @@ class SequentialDraftState:
         self.max_drafts = D = check_max_drafts(max_drafts, mtp.depth)
         # h^D is read by no deeper depth: only its last row (the draft's) is computed
         self.blocks = [BlockDecoder(d.block) for d in mtp.depths[:D]]
-        self.states = [GrowingRows(dim=1) for _ in range(D)]  # h^0..h^{D-1}, (1, positions, C)
+        # h^1..h^{D-1}, (1, positions, C); depth 1 reads h^0 at exactly the positions it
+        # has not seen, the new trunk states, so those are not stored
+        self.states = {k: GrowingRows(dim=1) for k in range(1, D)}
         self.num_committed = [0] * (D + 1)  # rows of h^k (and its keys/values) kept
 
     def draft(
@@ -255,7 +257,6 @@ class SequentialDraftState:
             raise RuntimeError(
                 f"draft state out of sync: {seen + new_hidden.shape[1]} states for {m} tokens"
             )
-        self.states[0].write(seen, new_hidden)
         self.num_committed[0] = m
         drafts: list[torch.Tensor] = []
         ext = tokens
@@ -263,7 +264,8 @@ class SequentialDraftState:
             c = self.num_committed[k]
             if drafts:  # depth k reads t_{j+k}, which for the last k-1 rows are drafts
                 ext = torch.cat((tokens, torch.cat(drafts).view(1, -1)), dim=1)  # (1, m+k)
-            h_prev = self.states[k - 1].read(c, m)  # h^{k-1} at positions c..m-1
+            # h^{k-1} at positions c..m-1 (depth 1 commits every position it sees: c = seen)
+            h_prev = new_hidden if k == 1 else self.states[k - 1].read(c, m)
             x = mtp.depth_input(k, h_prev, ext[:, c + k : m + k])  # reads t_{j+k}
             deepest = k == self.max_drafts
             h_k = self.blocks[k - 1](x, c, last_only=deepest)
