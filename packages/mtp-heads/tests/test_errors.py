@@ -124,3 +124,11 @@ def test_more_drafts_than_the_state_was_started_for():
     tokens = torch.zeros(1, 4, dtype=torch.long)
     with pytest.raises(ValueError, match="num_drafts must be <= max_drafts=1, got 2"):
         state.draft(torch.zeros(1, 3, 16), tokens, 2, lambda lg: lg.argmax(-1).view(1))
+
+
+def test_more_parallel_drafts_than_the_state_was_started_for():
+    state = mtp_heads.ParallelMTPHeads(16, 23, 2, 2).start_drafting(1)
+    assert len(state.blocks) == 1  # the second head is never built
+    tokens = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="num_drafts must be <= max_drafts=1, got 2"):
+        state.draft(torch.zeros(1, 3, 16), tokens, 2, lambda lg: lg.argmax(-1).view(1))
