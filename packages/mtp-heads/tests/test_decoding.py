@@ -30,6 +30,41 @@ def check_stats(out: mtp_heads.MTPOutput, prompt_len: int, max_new: int) -> None
         a >= b for a, b in zip(out.accepted_by_depth, out.accepted_by_depth[1:], strict=False)
     )
     assert out.tokens_per_second > 0
+    assert 0.0 <= out.draft_elapsed_s <= out.elapsed_s
+    if out.num_forward_passes > 1 and max_new > 2:  # at least one step drafted
+        assert out.draft_elapsed_s > 0
+
+
+def test_draft_time_is_the_time_spent_drafting(llama, monkeypatch):
+    """A drafter slowed by a known sleep per call shows that much in draft_elapsed_s,
+    and the rest of the call (elapsed_s minus it) does not."""
+    import time
+
+    heads = mtp_heads.MTPModule.from_model(llama, depth=1)
+    ids = prompt(5, seed=4)
+    fast = mtp_heads.speculative_generate(llama, heads, ids, 12)
+    real_start = heads.start_drafting
+    calls = []
+
+    def slow_start(max_drafts=None):
+        state = real_start(max_drafts)
+        real_draft = state.draft
+
+        def draft(*args, **kwargs):
+            calls.append(1)
+            time.sleep(0.02)
+            return real_draft(*args, **kwargs)
+
+        state.draft = draft
+        return state
+
+    monkeypatch.setattr(heads, "start_drafting", slow_start)
+    slow = mtp_heads.speculative_generate(llama, heads, ids, 12)
+    assert torch.equal(slow.sequences, fast.sequences)
+    assert 0 < len(calls) <= slow.num_forward_passes - 1  # no draft when one token is left
+    assert slow.draft_elapsed_s >= 0.02 * len(calls)
+    # outside the drafts the slow call is no slower than the sleeps can explain
+    assert slow.elapsed_s - slow.draft_elapsed_s < 0.02 * len(calls)
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
