@@ -73,6 +73,7 @@ def decoders(model, heads, mtp, new_tokens: int, choices=None) -> dict[str, Call
                 "tokens_per_step": out.tokens_per_step,
                 "acceptance_by_depth": out.acceptance_by_depth[:num_drafts],
                 "acceptance_rate": out.acceptance_rate,
+                "draft_s": out.draft_elapsed_s,
             }
 
         return run
@@ -93,18 +94,30 @@ def compare_decoders(
     rows = []
     for i, prompt in enumerate(prompts):
         seconds = {name: [] for name in methods}
+        drafting = {name: [] for name in methods}  # seconds spent drafting, MTP only
         figures, identical = {}, {}
         for _ in range(runs):
             reference = None
             for name, fn in methods.items():
                 (sequences, figs), took = _timed(lambda fn=fn, prompt=prompt: fn(prompt))
                 seconds[name].append(took)
+                if "draft_s" in figs:
+                    drafting[name].append(figs["draft_s"])
                 if reference is None:
                     reference = sequences
                 identical[name] = identical.get(name, True) and torch.equal(sequences, reference)
                 figures[name] = figs
         base = seconds[METHODS[0]]
         for name in methods:
+            # generate's time over this method's without its drafting: the speed-up that
+            # drafts costing nothing would give at the same acceptance (an upper bound)
+            free_draft = (
+                statistics.median(
+                    b / (s - d) for b, s, d in zip(base, seconds[name], drafting[name], strict=True)
+                )
+                if drafting[name]
+                else None
+            )
             rows.append(
                 {
                     "prompt": i,
@@ -118,6 +131,10 @@ def compare_decoders(
                     "acceptance_by_depth": figures[name].get("acceptance_by_depth", []),
                     "acceptance_rate": figures[name].get("acceptance_rate"),
                     "mean_accept_length": figures[name].get("mean_accept_length"),
+                    "draft_share": (
+                        sum(drafting[name]) / sum(seconds[name]) if drafting[name] else None
+                    ),
+                    "speedup_if_drafting_were_free": free_draft,
                     "runs": runs,
                 }
             )

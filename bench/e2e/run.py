@@ -204,6 +204,10 @@ def write_report(
     mtp_rate = {
         method: rows["acceptance_rate"].mean() for method, rows in mtp_rows.groupby("method")
     }
+    mtp_drafting = {
+        method: (rows["draft_share"].mean(), rows["speedup_if_drafting_were_free"].median())
+        for method, rows in mtp_rows.groupby("method")
+    }
     lines = [
         "# End to end: tiny Llama on the CPython standard library",
         "",
@@ -225,6 +229,12 @@ def write_report(
         *(
             f"- MTP draft acceptance rate, {m.split('(')[-1][:-1]}: {r:.1%}"
             for m, r in mtp_rate.items()
+        ),
+        *(
+            f"- MTP, {m.split('(')[-1][:-1]}: drafting takes {share:.1%} of the decoding time;"
+            f" with drafts that cost nothing it would be {bound:.2f}x generate (the most any"
+            " faster drafter could give at this acceptance)"
+            for m, (share, bound) in mtp_drafting.items()
         ),
         f"- decoding: batch 1, {decode_threads} torch thread(s) for every method, "
         f"{frame['runs'].iloc[0]} interleaved runs per prompt; tokens/s and speed-up are "
@@ -249,6 +259,7 @@ def write_report(
                 "heads": heads,
                 "decoding": summary.to_dict("records"),
                 "mtp_acceptance_rate": mtp_rate,
+                "mtp_draft_share_and_free_draft_speedup": mtp_drafting,
                 "tree_sweep": sweep or [],
             },
             indent=1,
