@@ -110,7 +110,7 @@ def compare_decoders(
         base = seconds[METHODS[0]]
         for name in methods:
             # generate's time over this method's without its drafting: the speed-up that
-            # drafts costing nothing would give at the same acceptance (an upper bound)
+            # drafts costing nothing would give at the same acceptance (roughly the ceiling)
             free_draft = (
                 statistics.median(
                     b / (s - d) for b, s, d in zip(base, seconds[name], drafting[name], strict=True)

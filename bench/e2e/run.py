@@ -232,8 +232,8 @@ def write_report(
         ),
         *(
             f"- MTP, {m.split('(')[-1][:-1]}: drafting takes {share:.1%} of the decoding time;"
-            f" with drafts that cost nothing it would be {bound:.2f}x generate (the most any"
-            " faster drafter could give at this acceptance)"
+            f" with drafts that cost nothing it would be about {bound:.2f}x generate (roughly"
+            " the most a faster drafter could give at this acceptance)"
             for m, (share, bound) in mtp_drafting.items()
         ),
         f"- decoding: batch 1, {decode_threads} torch thread(s) for every method, "

@@ -50,8 +50,9 @@ class MTPOutput:
         tokens_per_second: ``new_tokens / elapsed_s``.
         draft_elapsed_s: the part of ``elapsed_s`` spent drafting (the heads' forward
             passes and the choice of each draft token); ``elapsed_s - draft_elapsed_s``
-            is what the call would take with drafts that cost nothing, so it bounds what
-            any faster drafter can gain at the same acceptance.
+            estimates what the call would take with drafts that cost nothing: roughly
+            the most any faster drafter can gain at the same acceptance (the rest of
+            the step is taken as measured, cache effects of the draft included).
     """
 
     sequences: torch.Tensor
