@@ -323,3 +323,9 @@ def check_max_drafts(max_drafts: object, depth: int) -> int:
     if isinstance(D, bool) or not isinstance(D, int) or not 1 <= D <= depth:
         raise ValueError(f"max_drafts must be an int in 1..{depth}, got {max_drafts!r}")
     return D
+
+
+def check_num_drafts(num_drafts: int, max_drafts: int) -> None:
+    """ValueError unless a drafting state started for ``max_drafts`` can give ``num_drafts``."""
+    if num_drafts > max_drafts:
+        raise ValueError(f"num_drafts must be <= max_drafts={max_drafts}, got {num_drafts}")

@@ -25,6 +25,7 @@ from .blocks import (
     RMSNorm,
     TransformerBlock,
     check_max_drafts,
+    check_num_drafts,
     check_positive_int,
     init_weights,
 )
@@ -256,10 +257,7 @@ class ParallelDraftState:
         choose: Callable[[torch.Tensor], torch.Tensor],
     ) -> list[torch.Tensor]:
         """Same contract as ``SequentialDraftState.draft``."""
-        if num_drafts > self.max_drafts:
-            raise ValueError(
-                f"num_drafts must be <= max_drafts={self.max_drafts}, got {num_drafts}"
-            )
+        check_num_drafts(num_drafts, self.max_drafts)
         m = tokens.shape[1] - 1
         if self.num_seen + new_hidden.shape[1] != m:
             raise RuntimeError(

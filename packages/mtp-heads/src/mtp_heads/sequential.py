@@ -24,6 +24,7 @@ from .blocks import (
     RMSNorm,
     TransformerBlock,
     check_max_drafts,
+    check_num_drafts,
     check_positive_int,
     init_weights,
 )
@@ -247,10 +248,7 @@ class SequentialDraftState:
             The draft tokens ``[d_{m+1}, ..., d_{m+num_drafts}]``, each ``(1,)``.
         """
         mtp = self.mtp
-        if num_drafts > self.max_drafts:
-            raise ValueError(
-                f"num_drafts must be <= max_drafts={self.max_drafts}, got {num_drafts}"
-            )
+        check_num_drafts(num_drafts, self.max_drafts)
         m = tokens.shape[1] - 1
         seen = self.num_committed[0]
         if seen + new_hidden.shape[1] != m:
