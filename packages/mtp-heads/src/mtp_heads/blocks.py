@@ -33,6 +33,23 @@ class BlockConfig:
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
+def few_rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight)`` (no bias) for the few rows ``x`` ``(..., K)`` of a decoding step.
+
+    On the CPU, a product with 2-4 rows is computed as ``weight @ x^T``: BLAS then streams
+    the ``(N, K)`` weight once against a thin right-hand side, where ``x @ weight^T`` took
+    up to twice as long as a 1-row product (measured 2026-12-03 with MKL on a 2-core EPYC,
+    weights out of cache: 123 against 298 us for 2 rows of a 256 -> 2048 output layer, 168
+    against 341 us for 3). The sums are the same up to float rounding. One row, many rows
+    and other devices keep ``F.linear``. Returns ``(..., N)``, possibly a non-contiguous view.
+    """
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if not 2 <= rows <= 4 or x.device.type != "cpu":
+        return F.linear(x, weight)
+    out = torch.mm(weight, x.reshape(rows, x.shape[-1]).t())  # (N, rows)
+    return out.t().reshape(*x.shape[:-1], weight.shape[0])
+
+
 class RMSNorm(nn.Module):
     """``x / sqrt(mean(x^2) + eps) * weight``, computed in float32 like Llama's."""
 
@@ -258,8 +275,8 @@ class BlockDecoder:
         B, L, _ = x.shape
         nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         eps = cfg.rms_norm_eps
-        qkv = F.linear(rms_norm(x, block.input_norm.weight, eps), self.w_qkv)
-        qkv = qkv.view(B, L, nh + 2 * nkv, hd).transpose(1, 2)  # (B, nh+2nkv, L, hd)
+        qkv = few_rows_linear(rms_norm(x, block.input_norm.weight, eps), self.w_qkv)
+        qkv = qkv.reshape(B, L, nh + 2 * nkv, hd).transpose(1, 2)  # (B, nh+2nkv, L, hd)
         cos, sin = self.rotary.get(start, L, x)
         qk = apply_rotary(qkv[:, : nh + nkv], cos, sin)  # q and k rotated in one pass
         self.keys.write(start, qk[:, nh:])
@@ -283,11 +300,11 @@ class BlockDecoder:
         else:  # bottom-right aligned causal mask: query i sits at position start + i
             mask = torch.ones(L, S, dtype=torch.bool, device=x.device).tril(start)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
-        x = x + F.linear(y.transpose(1, 2).reshape(B, L, nh * hd), block.attn.o_proj.weight)
-        gate, up = F.linear(
+        x = x + few_rows_linear(y.transpose(1, 2).reshape(B, L, nh * hd), block.attn.o_proj.weight)
+        gate, up = few_rows_linear(
             rms_norm(x, block.post_attention_norm.weight, eps), self.w_gate_up
         ).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, block.mlp.down_proj.weight)
+        return x + few_rows_linear(F.silu(gate) * up, block.mlp.down_proj.weight)
 
 
 def init_weights(module: nn.Module, std: float) -> None:

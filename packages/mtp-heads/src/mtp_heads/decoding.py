@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .blocks import check_positive_int
+from .blocks import check_positive_int, few_rows_linear
 from .parallel import ParallelMTPHeads
 from .sequential import MTPModule
 
@@ -91,10 +91,12 @@ _PLAIN_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 def _direct_parts(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
     """``(decoder, lm_head)`` for the model types above, else ``None``.
 
-    Calling them directly gives the same tensors as ``model(...,
+    Calling them directly gives the same hidden states as ``model(...,
     output_hidden_states=True)`` (``last_hidden_state`` is ``hidden_states[-1]``)
     without the hooks that record every layer's output: a few percent of a forward
-    of a small model, paid at every verification step.
+    of a small model, paid at every verification step. The output layer on the 2-4
+    verified rows is ``few_rows_linear`` (the same logits up to float rounding, as
+    ``F.linear`` on a different number of rows already is).
     """
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) not in _PLAIN_HEAD_MODEL_TYPES:
@@ -195,7 +197,11 @@ def speculative_generate(
     def main_forward(ids: torch.Tensor):
         if parts is not None:
             hidden = parts[0](input_ids=ids, use_cache=True, **{cache_kw: cache}).last_hidden_state
-            return parts[1](hidden[0]).float(), hidden  # (L, V), (1, L, C)
+            head = parts[1]
+            logits = few_rows_linear(hidden[0], head.weight)  # (L, V)
+            if head.bias is not None:
+                logits = logits + head.bias
+            return logits.float(), hidden  # (L, V), (1, L, C)
         out = model(input_ids=ids, use_cache=True, output_hidden_states=True, **{cache_kw: cache})
         return out.logits[0].float(), out.hidden_states[-1]  # (L, V), (1, L, C)
 

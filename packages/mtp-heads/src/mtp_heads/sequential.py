@@ -26,6 +26,7 @@ from .blocks import (
     check_max_drafts,
     check_num_drafts,
     check_positive_int,
+    few_rows_linear,
     init_weights,
 )
 from .common import (
@@ -147,7 +148,10 @@ class MTPModule(SharedWeightsMixin, nn.Module):
         block input, from ``h_prev`` ``(B, L, C)`` and ``future_ids`` ``(B, L)``."""
         d = self.depths[k - 1]
         e = self._embed_tokens(future_ids)  # (B, L, C)
-        return d.proj(torch.cat((d.hidden_norm(h_prev), d.embed_norm(e)), dim=-1))
+        # few_rows_linear: the same product as d.proj, faster for a decoding step's 2-4 rows
+        return few_rows_linear(
+            torch.cat((d.hidden_norm(h_prev), d.embed_norm(e)), dim=-1), d.proj.weight
+        )
 
     def logits_of(self, k: int, h: torch.Tensor) -> torch.Tensor:
         """Depth ``k``'s logits ``(..., V)`` from its output h^k ``(..., C)``."""
