@@ -94,7 +94,10 @@ def train_all_heads(model, corpus: Corpus, out_dir: Path, *, budget: dict) -> di
         medusa_distill.rank_accuracy, budget["tree_nodes"]
     )
 
-    mtp = mtp_heads.MTPModule.from_model(model, depth=budget["mtp_depth"])
+    mtp_width = budget.get("mtp_intermediate") or model.config.intermediate_size
+    mtp = mtp_heads.MTPModule.from_model(
+        model, depth=budget["mtp_depth"], intermediate_size=mtp_width
+    )
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(3)
     raw_batches = mtp_heads.random_windows(raw, 8, 128, generator=gen)
@@ -131,6 +134,7 @@ def train_all_heads(model, corpus: Corpus, out_dir: Path, *, budget: dict) -> di
         },
         "mtp": {
             "depth": budget["mtp_depth"],
+            "intermediate_size": mtp_width,
             "seconds": mtp_s,
             "final_loss": mtp_distill.mtp_losses[-1] if mtp_distill.mtp_losses else None,
             "raw_final_loss": mtp_raw.mtp_losses[-1] if mtp_raw.mtp_losses else None,
@@ -148,7 +152,9 @@ def _last(result, name: str):
     return last.tolist() if hasattr(last, "tolist") else last
 
 
-def load_heads(model, out_dir: Path, mtp_depth: int):
+def load_heads(model, out_dir: Path, mtp_depth: int, summary: dict | None = None):
+    """The trained Medusa heads and MTP module of ``out_dir``; ``summary`` (the
+    heads summary) gives the MTP block's MLP width (older folders: the trunk's)."""
     import medusa_heads
     import mtp_heads
 
@@ -157,7 +163,10 @@ def load_heads(model, out_dir: Path, mtp_depth: int):
         hidden, vocab, num_heads=4, num_layers=1, lm_head=model.lm_head
     )
     heads.load_state_dict(torch.load(out_dir / "medusa_heads.pt", weights_only=True))
-    mtp = mtp_heads.MTPModule.from_model(model, depth=mtp_depth)
+    width = (summary or {}).get("mtp", {}).get("intermediate_size")
+    mtp = mtp_heads.MTPModule.from_model(
+        model, depth=mtp_depth, intermediate_size=width or model.config.intermediate_size
+    )
     mtp.load_state_dict(torch.load(out_dir / "mtp_module.pt", weights_only=True))
     heads.eval()
     mtp.eval()
