@@ -23,6 +23,12 @@ from e2e.model import greedy_generate
 SPEED_TIE = 0.03  # relative speed-up differences below this are noise here
 
 
+def mtp_width(model, width: int | None) -> int:
+    """The MTP block's MLP width: ``width``, or the trunk's when ``None`` (older work
+    folders and profiles recorded none)."""
+    return width or model.config.intermediate_size
+
+
 def load_trained_model(ckpt_dir: Path, attention: str | None = None):
     """The trained Llama from ``ckpt_dir/checkpoint.pt``, frozen and in eval mode."""
     from e2e.model import ModelConfig, build_model
@@ -94,10 +100,8 @@ def train_all_heads(model, corpus: Corpus, out_dir: Path, *, budget: dict) -> di
         medusa_distill.rank_accuracy, budget["tree_nodes"]
     )
 
-    mtp_width = budget.get("mtp_intermediate") or model.config.intermediate_size
-    mtp = mtp_heads.MTPModule.from_model(
-        model, depth=budget["mtp_depth"], intermediate_size=mtp_width
-    )
+    width = mtp_width(model, budget.get("mtp_intermediate"))
+    mtp = mtp_heads.MTPModule.from_model(model, depth=budget["mtp_depth"], intermediate_size=width)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(3)
     raw_batches = mtp_heads.random_windows(raw, 8, 128, generator=gen)
@@ -134,7 +138,7 @@ def train_all_heads(model, corpus: Corpus, out_dir: Path, *, budget: dict) -> di
         },
         "mtp": {
             "depth": budget["mtp_depth"],
-            "intermediate_size": mtp_width,
+            "intermediate_size": width,
             "seconds": mtp_s,
             "final_loss": mtp_distill.mtp_losses[-1] if mtp_distill.mtp_losses else None,
             "raw_final_loss": mtp_raw.mtp_losses[-1] if mtp_raw.mtp_losses else None,
@@ -163,10 +167,8 @@ def load_heads(model, out_dir: Path, mtp_depth: int, summary: dict | None = None
         hidden, vocab, num_heads=4, num_layers=1, lm_head=model.lm_head
     )
     heads.load_state_dict(torch.load(out_dir / "medusa_heads.pt", weights_only=True))
-    width = (summary or {}).get("mtp", {}).get("intermediate_size")
-    mtp = mtp_heads.MTPModule.from_model(
-        model, depth=mtp_depth, intermediate_size=width or model.config.intermediate_size
-    )
+    width = mtp_width(model, (summary or {}).get("mtp", {}).get("intermediate_size"))
+    mtp = mtp_heads.MTPModule.from_model(model, depth=mtp_depth, intermediate_size=width)
     mtp.load_state_dict(torch.load(out_dir / "mtp_module.pt", weights_only=True))
     heads.eval()
     mtp.eval()

@@ -346,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     from e2e.heads import (
         load_heads,
         load_trained_model,
+        mtp_width,
         pick_tree,
         select_tree,
         train_all_heads,
@@ -357,12 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     heads_summary = {}
     if (work / "heads_summary.json").exists():
         heads_summary = json.loads((work / "heads_summary.json").read_text())
-    trained_width = heads_summary.get("mtp", {}).get("intermediate_size")
-    wanted_width = profile["mtp_intermediate"] or model.config.intermediate_size
+    trained_width = mtp_width(model, heads_summary.get("mtp", {}).get("intermediate_size"))
     if (
         not (work / "medusa_heads.pt").exists()
         or not (work / "mtp_module.pt").exists()
-        or (trained_width or model.config.intermediate_size) != wanted_width
+        or trained_width != mtp_width(model, profile["mtp_intermediate"])
     ):  # missing, or an MTP block of another width: train both drafters again
         heads_summary = train_all_heads(model, corpus, work, budget=profile)
     heads, mtp = load_heads(model, work, profile["mtp_depth"], heads_summary)
