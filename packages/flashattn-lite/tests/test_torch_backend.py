@@ -227,7 +227,8 @@ def test_auto_backend_is_torch_on_cpu():
 
 
 def test_band_tiles_match_their_definition():
-    """``Band.allowed`` (triangles) and ``every_row_sees_a_key`` against index grids."""
+    """``Band.allowed``/``blocked`` (triangles), ``every_row_sees_a_key`` and
+    ``first_masked_key`` against index grids."""
     from flashattn_lite.masking import Band
 
     g = torch.Generator().manual_seed(11)
@@ -250,6 +251,14 @@ def test_band_tiles_match_their_definition():
         assert torch.equal(band.allowed(i0, i1, j0, j1), want), (band, i0, i1, j0, j1)
         assert band.every_row_sees_a_key(i0, i1, j0, j1) == bool(want.any(-1).all())
         assert band.needs_mask(i0, i1, j0, j1) or bool(want.all())
+        assert torch.equal(band.blocked(i0, i1, j0, j1), ~want)
+        # keys before first_masked_key are allowed for every row; the shared blocked
+        # tile of the keys after it is the same part of the definition
+        c0 = band.first_masked_key(i0, j0)
+        assert j0 <= c0
+        assert bool(want[:, : c0 - j0].all())
+        if c0 < j1:
+            assert torch.equal(band.blocked(i0, i1, c0, j1), ~want[:, c0 - j0 :])
 
 
 def test_bottom_right_alignment_literal():

@@ -167,9 +167,16 @@ def test_only_plain_continuation_masks_are_marked():
 
     mark = fa_transformers._BAND_MARK
     build = fa_transformers.causal_continuation_mask
+    from transformers.masking_utils import sdpa_mask
+
     plain = build(1, 3, 10, 7, 0, mask_function=causal_mask_function)
     assert getattr(plain, mark, False)
     assert torch.equal(plain[0, 0], torch.ones(3, 10, dtype=torch.bool).tril(7))
+    # the plain case is built without sdpa_mask, and is exactly what it builds
+    for batch, q_len, kv_len in [(1, 2, 5), (2, 3, 10), (3, 4, 4 + 17)]:
+        ours = build(batch, q_len, kv_len, kv_len - q_len, 0)
+        assert getattr(ours, mark, False)
+        assert torch.equal(ours, sdpa_mask(batch, q_len, kv_len, kv_len - q_len, 0))
     padding = torch.ones(1, 10, dtype=torch.bool)
     padding[0, 0] = False
     assert not getattr(build(1, 3, 10, 7, 0, attention_mask=padding), mark, False)

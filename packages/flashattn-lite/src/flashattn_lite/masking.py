@@ -15,6 +15,7 @@ of the visited blocks need an element-wise mask.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +80,39 @@ class Band:
             return False
         return self.left is None or row_end - 1 + self.diagonal - self.left < key_end
 
+    def first_masked_key(self, row_start: int, key_start: int) -> int:
+        """The first key column of a tile (rows from ``row_start``, keys from
+        ``key_start``) that may be blocked for some row.
+
+        With only the right side bounded (causal), every row sees all keys up to
+        ``row_start + diagonal + right``: a decoding step's few new queries against a
+        cache need a mask on their last few keys only. Otherwise ``key_start``.
+        """
+        if self.left is None and self.right is not None:
+            return max(key_start, row_start + self.diagonal + self.right + 1)
+        return key_start
+
+    def blocked(
+        self,
+        row_start: int,
+        row_end: int,
+        key_start: int,
+        key_end: int,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """``~allowed(...)``, shared between calls: treat it as read-only.
+
+        The pattern depends only on the tile's size and its offsets to the band, so
+        every layer of a model (and every decoding step, whose new queries sit at the
+        same place relative to the diagonal) reuses one small tensor instead of building
+        it with three ops per tile.
+        """
+        offset = row_start + self.diagonal - key_start
+        upper = None if self.right is None else offset + self.right
+        lower = None if self.left is None else offset - self.left
+        rows, cols = row_end - row_start, key_end - key_start
+        return _blocked_pattern(rows, cols, upper, lower, torch.device(device))
+
     def allowed(
         self,
         row_start: int,
@@ -100,6 +134,19 @@ class Band:
         if self.left is not None:
             ok.triu_(offset - self.left)
         return ok
+
+
+@functools.lru_cache(maxsize=64)  # at most 64 tiles of <= 256 x 256 bools: 4 MiB
+def _blocked_pattern(
+    rows: int, cols: int, upper: int | None, lower: int | None, device: torch.device
+) -> torch.Tensor:
+    """Boolean ``(rows, cols)``, True where ``jj - ii > upper`` or ``jj - ii < lower``."""
+    ok = torch.ones(rows, cols, dtype=torch.bool, device=device)
+    if upper is not None:
+        ok.tril_(upper)
+    if lower is not None:
+        ok.triu_(lower)
+    return ok.logical_not_()
 
 
 def flash_band(seqlen_q: int, seqlen_k: int, causal: bool, window_size: tuple[int, int]) -> Band:

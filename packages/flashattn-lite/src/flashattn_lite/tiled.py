@@ -98,24 +98,20 @@ def _mask_tile(
     rows: tuple[int, int],
     keys: tuple[int, int],
     group: int,
-    blocked_cache: dict | None = None,
 ) -> None:
     """Apply the band and the optional SDPA mask to one ``(B, Hk, G*bq, bk)`` tile in place.
 
     The tile holds scores in base-2 units (``log2(e) * scale * q @ k^T``), so an additive
     float mask, given in natural-log units like SDPA's, is scaled by ``log2(e)`` too.
-    ``blocked_cache`` keeps the band's boolean tile per (rows, keys), for a caller whose
-    tiles of other heads or batch elements cover the same rows and keys.
+    The band's boolean tile comes from ``Band.blocked`` (shared by every tile, head and
+    call with the same pattern) and covers only the keys from ``Band.first_masked_key``.
     """
     (i0, i1), (j0, j1) = rows, keys
     tile = scores.view(scores.shape[0], scores.shape[1], group, i1 - i0, j1 - j0)  # (B,Hk,G,bq,bk)
     if band.needs_mask(i0, i1, j0, j1):
-        blocked = None if blocked_cache is None else blocked_cache.get((i0, i1, j0, j1))
-        if blocked is None:
-            blocked = ~band.allowed(i0, i1, j0, j1, device=scores.device)  # (bq, bk)
-            if blocked_cache is not None:
-                blocked_cache[(i0, i1, j0, j1)] = blocked
-        tile.masked_fill_(blocked, float("-inf"))
+        c0 = band.first_masked_key(i0, j0)
+        blocked = band.blocked(i0, i1, c0, j1, device=scores.device)  # (bq, j1 - c0)
+        tile[..., c0 - j0 :].masked_fill_(blocked, float("-inf"))
     if attn_mask is not None:
         mask_tile = attn_mask[:, :, :, i0:i1, j0:j1]  # broadcastable to (B, Hk, G, bq, bk)
         if mask_tile.dtype == torch.bool:
@@ -161,7 +157,6 @@ def tiled_forward(
     lse = torch.empty((b, hk, g, seqlen_q), dtype=acc_dtype, device=q.device)
     scratch = _Scratch(acc_dtype, q.device)
     may_mask = attn_mask is not None or not band.is_full
-    blocked_cache: dict = {}  # the band's boolean tiles, shared by all heads' tiles
     floor = torch.finfo(acc_dtype).min
 
     def query_block(bi: int, h0: int, h1: int, i0: int) -> None:
@@ -197,7 +192,7 @@ def tiled_forward(
             s = scratch.get("s", (nh, rows, j1 - j0))  # (nh, G*bq, bk)
             torch.matmul(q_tile, k_tile.transpose(-1, -2), out=s)  # base-2 scores
             if may_mask:
-                _mask_tile(s[None], band, mask, (i0, i1), (j0, j1), g, blocked_cache)
+                _mask_tile(s[None], band, mask, (i0, i1), (j0, j1), g)
             tile_max = s.amax(dim=-1, keepdim=True)  # (nh, G*bq, 1)
             if m is None:  # the first tile sets the running state: nothing to rescale
                 m = tile_max
@@ -348,7 +343,6 @@ def tiled_backward(
     dk = torch.empty(k.shape, dtype=acc_dtype, device=k.device)  # (B, Hk, Sk, D)
     dv = torch.empty(v.shape, dtype=acc_dtype, device=v.device)  # (B, Hk, Sk, D)
     scratch = _Scratch(acc_dtype, q.device)
-    blocked_cache: dict = {}  # the band's boolean tiles, shared by all heads' tiles
     may_mask = attn_mask is not None or not band.is_full
 
     def one_group(group: tuple[int, int, int]) -> None:
@@ -385,7 +379,7 @@ def tiled_backward(
                 s = scratch.get("s", (nh, rows, j1 - j0))  # (nh, G*bq, bk)
                 torch.matmul(q_tile, k_tile.transpose(-1, -2), out=s)
                 if may_mask:
-                    _mask_tile(s[None], band, mask, (i0, i1), (j0, j1), g, blocked_cache)
+                    _mask_tile(s[None], band, mask, (i0, i1), (j0, j1), g)
                 p = s.sub_(lse_tile).exp2_()  # (nh, G*bq, bk): the forward's probabilities
                 dv_blk.baddbmm_(p.transpose(1, 2), do_tile)
                 dp = scratch.get("dp", (nh, rows, j1 - j0))  # (nh, G*bq, bk)

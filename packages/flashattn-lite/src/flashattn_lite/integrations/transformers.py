@@ -60,6 +60,23 @@ def causal_continuation_mask(
 
     if mask_function is None:
         mask_function = causal_mask_function
+    if (
+        attention_mask is None
+        and mask_function is causal_mask_function
+        and local_size is None
+        and isinstance(q_offset, int)
+        and kv_offset == 0
+        and 1 < q_length < kv_length
+        and q_offset + q_length == kv_length
+        and not torch.compiler.is_compiling()
+    ):
+        # what sdpa_mask would build (it materialises this case), in two ops instead of
+        # its index grids: a decoding step with several new tokens pays it every forward
+        device = kwargs.get("device", "cpu")
+        band = torch.ones(q_length, kv_length, dtype=torch.bool, device=device)
+        mask = band.tril_(q_offset).expand(batch_size, 1, q_length, kv_length)
+        setattr(mask, _BAND_MARK, True)
+        return mask
     mask = sdpa_mask(
         batch_size,
         q_length,
