@@ -301,3 +301,33 @@ def test_full_forward_path_is_lossless_too(llama, trained_heads, monkeypatch):
     ids = prompt(6, seed=77)
     out = mtp_heads.speculative_generate(llama, trained_heads["sequential", 2], ids, 21)
     assert torch.equal(out.sequences, greedy_reference(llama, ids, 21))
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_drafting_attention_gets_unit_stride_queries(depth, monkeypatch):
+    """With the ``weight @ x^T`` form of few_rows_linear (a transposed view), the rotated
+    queries of 2 rows come out with head_dim strided; SDPA then leaves its fused CPU
+    kernel for the math path (~10x slower): drafts hand it contiguous rows."""
+    import torch.nn.functional as F
+    from mtp_heads import blocks
+
+    monkeypatch.setattr(blocks, "_TRANSPOSED_IS_FASTER", {})
+    monkeypatch.setattr(blocks, "_transposed_is_faster", lambda x, w: True)
+
+    sdpa, strides = F.scaled_dot_product_attention, []
+
+    def spy(q, k, v, **kwargs):
+        strides.append(q.stride(-1))
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    heads = mtp_heads.MTPModule(256, 29, depth, 8, num_key_value_heads=4, intermediate_size=24)
+    state = heads.start_drafting()
+    trunk = torch.randn(1, 12, 256)
+    tokens = torch.randint(0, 29, (1, 12))
+    with torch.no_grad():
+        state.draft(trunk[:, :9], tokens[:, :10], depth, lambda lg: lg.argmax(-1).view(1))
+        # two new trunk states (a draft was accepted): the few-rows case
+        state.draft(trunk[:, 9:11], tokens[:, :12], depth, lambda lg: lg.argmax(-1).view(1))
+    assert strides and set(strides) == {1}

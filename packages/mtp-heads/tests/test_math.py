@@ -273,24 +273,40 @@ def test_int32_token_ids_give_the_int64_results(cls):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("transposed", [True, False], ids=["w@xT", "x@wT"])
 @pytest.mark.parametrize("lead", [(), (1,), (2, 1)])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
-def test_few_rows_linear_is_f_linear(lead, rows):
-    # the decoding steps' weight @ x^T restatement: same values (float64) and gradients
-    # and the shape F.linear gives; 2-4 rows in all take it (its output is a transposed
-    # view), other counts are F.linear itself
-    from mtp_heads.blocks import few_rows_linear
+def test_few_rows_linear_is_f_linear(lead, rows, transposed, monkeypatch):
+    # both forms the decoding steps may pick for 2-4 rows: same values (float64),
+    # gradients and shape as F.linear; weight @ x^T gives a transposed view, other row
+    # counts are F.linear itself
+    from mtp_heads import blocks
 
+    timings = []
+    monkeypatch.setattr(blocks, "_TRANSPOSED_IS_FASTER", {})
+    monkeypatch.setattr(
+        blocks, "_transposed_is_faster", lambda x, w: timings.append(1) or transposed
+    )
     g = torch.Generator().manual_seed(rows)
     w = torch.randn(37, 13, generator=g, dtype=torch.float64, requires_grad=True)
     x = torch.randn(*lead, rows, 13, generator=g, dtype=torch.float64, requires_grad=True)
-    ours, ref = few_rows_linear(x, w), F.linear(x, w)
+    ours, ref = blocks.few_rows_linear(x, w), F.linear(x, w)
     assert ours.shape == ref.shape == (*lead, rows, 37)
     total_rows = math.prod(lead) * rows
-    assert ours.is_contiguous() == (not 2 <= total_rows <= 4)
+    assert ours.is_contiguous() == (not (transposed and 2 <= total_rows <= 4))
+    blocks.few_rows_linear(x, w)  # the choice is timed once per shape, then looked up
+    assert len(timings) == int(2 <= total_rows <= 4)
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
     upstream = torch.randn(ref.shape, generator=g, dtype=torch.float64)
     got = torch.autograd.grad(ours, (x, w), upstream)
     want = torch.autograd.grad(ref, (x, w), upstream)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_few_rows_linear_timing_returns_a_choice():
+    from mtp_heads.blocks import _transposed_is_faster
+
+    w = torch.randn(64, 32, requires_grad=True)
+    assert _transposed_is_faster(torch.randn(2, 32), w) in (True, False)
+    assert w.grad is None

@@ -8,6 +8,8 @@ speculative decoding (a few new positions attending to a per-block key/value cac
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -33,21 +35,53 @@ class BlockConfig:
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
+# (out, in, rows, dtype, threads) -> whether ``weight @ x^T`` timed faster than F.linear
+_TRANSPOSED_IS_FASTER: dict[tuple, bool] = {}
+
+
 def few_rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight)`` (no bias) for the few rows ``x`` ``(..., K)`` of a decoding step.
 
-    On the CPU, a product with 2-4 rows is computed as ``weight @ x^T``: BLAS then streams
-    the ``(N, K)`` weight once against a thin right-hand side, where ``x @ weight^T`` took
-    up to twice as long as a 1-row product (measured 2026-12-03 with MKL on a 2-core EPYC,
-    weights out of cache: 123 against 298 us for 2 rows of a 256 -> 2048 output layer, 168
-    against 341 us for 3). The sums are the same up to float rounding. One row, many rows
-    and other devices keep ``F.linear``. Returns ``(..., N)``, possibly a non-contiguous view.
+    On the CPU, BLAS libraries treat products with 2-4 rows very differently. With MKL
+    on a 2-core AMD EPYC, ``x @ weight^T`` took up to twice a 1-row product's time and
+    ``weight @ x^T`` (the ``(N, K)`` weight streamed once against a thin right-hand
+    side) was the fast form: 123 against 298 us for 2 rows of a 256 -> 2048 output
+    layer, weights out of cache (2026-12-03). On a 2-core Intel Xeon with AMX it is the
+    other way round: 87 against 138 us for the same product, 32 against 53 us for a
+    256 -> 512 one (2026-12-04). So the first call for each weight shape, row count,
+    dtype and thread count times both forms (7 alternated rounds of 3 calls, about a
+    millisecond) and keeps ``weight @ x^T`` only if it was at least 20% faster; later
+    calls look the choice up. Both give the same sums up to float rounding. One row,
+    many rows and other devices keep ``F.linear``. Returns ``(..., N)``, possibly a
+    non-contiguous view.
     """
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if not 2 <= rows <= 4 or x.device.type != "cpu":
         return F.linear(x, weight)
-    out = torch.mm(weight, x.reshape(rows, x.shape[-1]).t())  # (N, rows)
+    x2 = x.reshape(rows, x.shape[-1])
+    key = (*weight.shape, rows, x.dtype, weight.dtype, torch.get_num_threads())
+    transposed = _TRANSPOSED_IS_FASTER.get(key)
+    if transposed is None:
+        transposed = _TRANSPOSED_IS_FASTER[key] = _transposed_is_faster(x2, weight)
+    if not transposed:
+        return F.linear(x, weight)
+    out = torch.mm(weight, x2.t())  # (N, rows)
     return out.t().reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _transposed_is_faster(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Time ``F.linear(x, weight)`` against ``weight @ x^T`` for ``x`` ``(rows, K)``."""
+    x, weight = x.detach(), weight.detach()
+    forms = (lambda: F.linear(x, weight), lambda: torch.mm(weight, x.t()))
+    best = [math.inf, math.inf]
+    with torch.no_grad():
+        for _ in range(7):  # alternated, so that a burst of load hits both forms
+            for i, form in enumerate(forms):
+                start = time.perf_counter()
+                for _ in range(3):
+                    form()
+                best[i] = min(best[i], time.perf_counter() - start)
+    return best[1] < 0.8 * best[0]
 
 
 class RMSNorm(nn.Module):
@@ -286,6 +320,10 @@ class BlockDecoder:
         q = qk[:, :nh]
         if last_only and L > 1:  # one query, the last: it sees every key
             q, x, L = q[:, :, -1:], x[:, -1:], 1
+        # after few_rows_linear's weight @ x^T form (a transposed view) the rotated rows
+        # have head_dim strided, which sends SDPA to its math path (~100 us a call
+        # against ~10 us for the fused kernel, measured): give it contiguous rows
+        q = q.contiguous()
         gqa = {}
         if nh != nkv:
             if _SDPA_HAS_GQA:
