@@ -114,8 +114,9 @@ def train_all_heads(model, corpus: Corpus, out_dir: Path, *, budget: dict) -> di
             rows = torch.randint(0, distilled.shape[0], (8,), generator=gen)
             yield distilled[rows]
 
+    mtp_steps, mtp_lr = budget["mtp_distill_steps"], budget["mtp_lr"]
     mtp_distill = mtp_heads.train_mtp(
-        model, mtp, distilled_batches(), steps=budget["distill_steps"], lr=5e-4, warmup_steps=10
+        model, mtp, distilled_batches(), steps=mtp_steps, lr=mtp_lr, warmup_steps=10
     )
     mtp_s = time.perf_counter() - t0
     torch.save(mtp.state_dict(), out_dir / "mtp_module.pt")
@@ -139,6 +140,9 @@ def train_all_heads(model, corpus: Corpus, out_dir: Path, *, budget: dict) -> di
         "mtp": {
             "depth": budget["mtp_depth"],
             "intermediate_size": width,
+            "raw_steps": budget["raw_steps"],
+            "distill_steps": mtp_steps,
+            "lr": mtp_lr,
             "seconds": mtp_s,
             "final_loss": mtp_distill.mtp_losses[-1] if mtp_distill.mtp_losses else None,
             "raw_final_loss": mtp_raw.mtp_losses[-1] if mtp_raw.mtp_losses else None,
