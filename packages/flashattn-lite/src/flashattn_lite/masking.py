@@ -107,9 +107,7 @@ class Band:
         same place relative to the diagonal) reuses one small tensor instead of building
         it with three ops per tile.
         """
-        offset = row_start + self.diagonal - key_start
-        upper = None if self.right is None else offset + self.right
-        lower = None if self.left is None else offset - self.left
+        upper, lower = self._tile_bounds(row_start, key_start)
         rows, cols = row_end - row_start, key_end - key_start
         return _blocked_pattern(rows, cols, upper, lower, torch.device(device))
 
@@ -127,26 +125,35 @@ class Band:
         ``low <= jj - ii <= high``: a triangle cut on each bounded side (``tril``/``triu``
         with that offset), two small ops instead of index grids.
         """
+        upper, lower = self._tile_bounds(row_start, key_start)
+        return _allowed_pattern(row_end - row_start, key_end - key_start, upper, lower, device)
+
+    def _tile_bounds(self, row_start: int, key_start: int) -> tuple[int | None, int | None]:
+        """The band's sides in tile coordinates: ``(high, low)`` with ``None`` unbounded."""
         offset = row_start + self.diagonal - key_start
-        ok = torch.ones(row_end - row_start, key_end - key_start, dtype=torch.bool, device=device)
-        if self.right is not None:
-            ok.tril_(offset + self.right)
-        if self.left is not None:
-            ok.triu_(offset - self.left)
-        return ok
+        high = None if self.right is None else offset + self.right
+        low = None if self.left is None else offset - self.left
+        return high, low
+
+
+def _allowed_pattern(
+    rows: int, cols: int, upper: int | None, lower: int | None, device: torch.device | str
+) -> torch.Tensor:
+    """Boolean ``(rows, cols)``, True where ``lower <= jj - ii <= upper`` (None: no bound)."""
+    ok = torch.ones(rows, cols, dtype=torch.bool, device=device)
+    if upper is not None:
+        ok.tril_(upper)
+    if lower is not None:
+        ok.triu_(lower)
+    return ok
 
 
 @functools.lru_cache(maxsize=64)  # at most 64 tiles of <= 256 x 256 bools: 4 MiB
 def _blocked_pattern(
     rows: int, cols: int, upper: int | None, lower: int | None, device: torch.device
 ) -> torch.Tensor:
-    """Boolean ``(rows, cols)``, True where ``jj - ii > upper`` or ``jj - ii < lower``."""
-    ok = torch.ones(rows, cols, dtype=torch.bool, device=device)
-    if upper is not None:
-        ok.tril_(upper)
-    if lower is not None:
-        ok.triu_(lower)
-    return ok.logical_not_()
+    """``~_allowed_pattern(...)``, cached: every caller shares the returned tensor."""
+    return _allowed_pattern(rows, cols, upper, lower, device).logical_not_()
 
 
 def flash_band(seqlen_q: int, seqlen_k: int, causal: bool, window_size: tuple[int, int]) -> Band:
