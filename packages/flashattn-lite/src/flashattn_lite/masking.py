@@ -129,11 +129,12 @@ class Band:
         return _allowed_pattern(row_end - row_start, key_end - key_start, upper, lower, device)
 
     def _tile_bounds(self, row_start: int, key_start: int) -> tuple[int | None, int | None]:
-        """The band's sides in tile coordinates: ``(high, low)`` with ``None`` unbounded."""
+        """The band's sides in tile coordinates, ``(upper, lower)`` with ``None`` unbounded:
+        allowed where ``lower <= jj - ii <= upper``."""
         offset = row_start + self.diagonal - key_start
-        high = None if self.right is None else offset + self.right
-        low = None if self.left is None else offset - self.left
-        return high, low
+        upper = None if self.right is None else offset + self.right
+        lower = None if self.left is None else offset - self.left
+        return upper, lower
 
 
 def _allowed_pattern(

@@ -60,20 +60,19 @@ def causal_continuation_mask(
 
     if mask_function is None:
         mask_function = causal_mask_function
-    if (
-        attention_mask is None
+    # a causal band with every key a token before or among the queries (no window)
+    causal_continuation = (
+        not torch.compiler.is_compiling()  # no marks, nor data-dependent checks, in a graph
         and mask_function is causal_mask_function
         and local_size is None
         and isinstance(q_offset, int)
         and kv_offset == 0
-        and 1 < q_length < kv_length
         and q_offset + q_length == kv_length
-        and not torch.compiler.is_compiling()
-    ):
+    )
+    if causal_continuation and attention_mask is None and 1 < q_length < kv_length:
         # what sdpa_mask would build (it materialises this case), in two ops instead of
         # its index grids: a decoding step with several new tokens pays it every forward
-        device = kwargs.get("device", "cpu")
-        band = torch.ones(q_length, kv_length, dtype=torch.bool, device=device)
+        band = torch.ones(q_length, kv_length, dtype=torch.bool, device=kwargs.get("device", "cpu"))
         mask = band.tril_(q_offset).expand(batch_size, 1, q_length, kv_length)
         setattr(mask, _BAND_MARK, True)
         return mask
@@ -89,14 +88,9 @@ def causal_continuation_mask(
         **kwargs,
     )
     plain = (
-        mask is not None
-        and not torch.compiler.is_compiling()  # no data-dependent check inside a graph
+        causal_continuation
+        and mask is not None
         and mask.dtype == torch.bool
-        and mask_function is causal_mask_function
-        and local_size is None
-        and isinstance(q_offset, int)
-        and kv_offset == 0
-        and q_offset + q_length == kv_length  # every key is a token before or among the queries
         and (attention_mask is None or bool(attention_mask.all()))
     )
     if plain:
